@@ -1,0 +1,59 @@
+"""The pytest plugin: options, markers, report header and fixture wiring.
+
+Thin on purpose: every fixture lives in ``pytest_resilience.fixtures.*`` and
+delegates to the module that does the work. Nothing heavy is imported here,
+so ``pytest --co`` on a project that uses none of the fixtures stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_resilience import config as _config
+
+pytest_plugins = [
+    "pytest_resilience.fixtures.postgres",
+    "pytest_resilience.fixtures.toxiproxy",
+    "pytest_resilience.fixtures.http",
+    "pytest_resilience.fixtures.verdicts",
+    "pytest_resilience.fixtures.clock",
+    "pytest_resilience.fixtures.leaks",
+]
+
+MARKERS = (
+    "virtual_time(start=None, auto_advance=True): run the test on the virtual clock "
+    "(asyncio loop time, time.*, datetime.*) so long timeouts pass in milliseconds",
+    "no_leaks(kinds=None, allow=None, ignore=()): fail the test if it leaks file "
+    "descriptors, sockets, threads, tasks, client sessions or database connections",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    _config.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    settings = _config.from_config(config)
+    config.stash[_config.settings_key] = settings
+    if config.cache is not None and getattr(config, "workerinput", None) is None:
+        config.cache.set("resilience/seed", settings.seed)
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(settings), "resilience-xdist")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return config.stash[_config.settings_key].header_lines()
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is loaded: hand the seed to every worker."""
+
+    def __init__(self, settings: _config.Settings) -> None:
+        self._settings = settings
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["resilience_seed"] = self._settings.seed
