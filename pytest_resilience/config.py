@@ -170,7 +170,8 @@ def _path(must_be_dir: bool) -> Callable[[str, str], Path]:
 def _seed(config: pytest.Config) -> Callable[[str, str], int]:
     def check(value: str, source: str) -> int:
         if value == "last":
-            cached = config.cache.get("resilience/seed", None) if config.cache else None
+            cache = getattr(config, "cache", None)
+            cached = cache.get("resilience/seed", None) if cache is not None else None
             if not isinstance(cached, int):
                 raise pytest.UsageError(
                     f"{source}=last: no previous seed is cached; pass a number"

@@ -39,8 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     settings = _config.from_config(config)
     config.stash[_config.settings_key] = settings
-    if config.cache is not None and getattr(config, "workerinput", None) is None:
-        config.cache.set("resilience/seed", settings.seed)
+    cache = getattr(config, "cache", None)
+    if cache is not None and getattr(config, "workerinput", None) is None:
+        cache.set("resilience/seed", settings.seed)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(settings), "resilience-xdist")
 

@@ -1,0 +1,630 @@
+"""A real Postgres server for tests: local throwaway cluster, Docker, or external.
+
+Local mode, step by step (figures from this machine, see benchmarks/bench_postgres.py):
+
+1. Find the binaries: ``--resilience-pg-bin``, then ``PATH``, then
+   ``/usr/lib/postgresql/*/bin`` newest first.
+2. Get an initialised data directory: copy it from the cache (``cp -a``, about
+   0.07 s) or, on a cold cache, run ``initdb`` (about 0.6 s) and fill the cache
+   atomically (write to a private name, then ``rename``; the loser of a race
+   throws its copy away).
+3. Start ``postgres`` directly (no ``pg_ctl``, which polls every 100 ms) on
+   127.0.0.1 and a unix socket in a 0700 directory, under a tiny ``sh``
+   *keeper*. The keeper reads a pipe whose only writer is this process: when
+   the pipe closes - a normal stop, a crash, ``SIGKILL`` - the keeper stops the
+   postmaster (fast shutdown) and removes the temporary directory. So no server
+   outlives the pytest process by more than a moment, whatever kills it.
+4. Wait for the ``ready`` status in ``postmaster.pid`` (polled every 2 ms,
+   bounded), then open one admin connection.
+
+``initdb`` and ``postgres`` refuse to run as root: when pytest runs as root,
+both run as the ``postgres`` account (or ``$RESILIENCE_PG_USER``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from pytest_resilience.errors import ConfigError, ServiceError
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = [
+    "APPLICATION_NAME",
+    "PgBinaries",
+    "PostgresDatabase",
+    "PostgresServer",
+    "find_binaries",
+    "start_postgres",
+]
+
+#: ``application_name`` of every server-side connection the plugin itself opens.
+APPLICATION_NAME = "pytest-resilience"
+README = "see 'Postgres' in the pytest-resilience README"
+
+#: Settings that make a throwaway server fast; durability is not wanted here.
+SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("max_connections", "200"),
+    ("shared_buffers", "32MB"),
+    ("checkpoint_timeout", "1h"),
+    ("max_wal_size", "1GB"),
+    ("logging_collector", "off"),
+    ("log_min_messages", "warning"),
+)
+INITDB_ARGS: tuple[str, ...] = (
+    "-A", "trust", "--no-sync", "-E", "UTF8", "--no-locale", "-U", "postgres",
+    "--wal-segsize=1",
+)
+#: Bump when the cached data directory layout or initdb arguments change.
+CACHE_FORMAT = 1
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+PORT_ATTEMPTS = 5
+
+# The keeper: starts postgres, prints its pid, waits for its stdin to close,
+# then stops postgres and removes the whole temporary directory.
+_KEEPER = r"""
+"$0" "$@" >"$RESILIENCE_PG_LOG" 2>&1 </dev/null &
+pid=$!
+echo "$pid"
+while read -r _; do :; done
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rm -rf "$RESILIENCE_PG_BASE"
+"""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+@dataclass(frozen=True)
+class PgBinaries:
+    """Where the Postgres server binaries are and which version they are."""
+
+    bindir: Path
+    version: str  # e.g. "15.18"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def path(self, name: str) -> Path:
+        return self.bindir / name
+
+
+def _candidate_dirs(pg_bin: Path | None) -> list[Path]:
+    if pg_bin is not None:
+        return [pg_bin]
+    out: list[Path] = []
+    found = shutil.which("initdb")
+    if found:
+        out.append(Path(found).resolve().parent)
+
+    def major(path: Path) -> tuple[int, ...]:
+        version = path.parent.name
+        return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+    out.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=major, reverse=True))
+    return out
+
+
+def find_binaries(pg_bin: Path | None = None) -> PgBinaries:
+    """Locate ``initdb`` and ``postgres``; a clear :class:`ServiceError` if there are none."""
+    searched = _candidate_dirs(pg_bin)
+    for bindir in searched:
+        if all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres")):
+            out = subprocess.run(
+                [str(bindir / "postgres"), "--version"],
+                capture_output=True, text=True, check=False,
+            )
+            match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
+            if out.returncode == 0 and match:
+                return PgBinaries(bindir=bindir, version=match.group(1))
+    where = ", ".join(str(d) for d in searched) or "nothing"
+    if pg_bin is None:
+        where = f"PATH, /usr/lib/postgresql/*/bin (found: {where})"
+    raise ServiceError(
+        f"no Postgres server binaries (initdb, postgres) found; searched {where}.\n"
+        "Fix: install them (Debian/Ubuntu: apt-get install postgresql; macOS: brew install "
+        "postgresql), or pass --resilience-pg-bin=/path/to/bin, or use "
+        "--resilience-postgres=docker or --resilience-postgres=external with "
+        f"--resilience-postgres-dsn ({README})"
+    )
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+@dataclass(frozen=True)
+class _RunAs:
+    """The account initdb and postgres run as (None: this process's own)."""
+
+    name: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self.uid is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def chown(self, path: Path) -> None:
+        if self.uid is not None and self.gid is not None:
+            os.chown(path, self.uid, self.gid)
+
+
+def run_as_account() -> _RunAs:
+    """Postgres refuses to run as root: pick an unprivileged account when we are root."""
+    if os.geteuid() != 0:
+        return _RunAs()
+    import pwd
+
+    name = os.environ.get("RESILIENCE_PG_USER", "postgres")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ServiceError(
+            f"pytest runs as root and Postgres refuses to run as root, but there is no "
+            f"'{name}' account to run it as.\nFix: create one (useradd --system {name}), "
+            "set $RESILIENCE_PG_USER to an unprivileged account, or run pytest as a normal "
+            f"user ({README})"
+        ) from None
+    return _RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class PostgresServer:
+    """A running Postgres server (the ``postgres`` fixture)."""
+
+    host: str
+    port: int
+    user: str
+    dbname: str
+    version: str
+    mode: str
+    password: str | None = None
+    unix_socket: str | None = None
+    _stop: Any = field(default=None, repr=False)
+    _admin: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _counter: int = field(default=0, repr=False)
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://`` DSN of the server's default database, over TCP."""
+        return self.dsn_for(self.dbname)
+
+    def dsn_for(self, dbname: str, host: str | None = None, port: int | None = None) -> str:
+        """A DSN for another database, or for the same server behind a proxy."""
+        auth = quote(self.user, safe="")
+        if self.password is not None:
+            auth += ":" + quote(self.password, safe="")
+        return f"postgresql://{auth}@{host or self.host}:{port or self.port}/{quote(dbname)}"
+
+    def connect(self, dbname: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A psycopg 3 connection (unix socket when there is one), tagged with our
+        ``application_name`` unless you pass your own."""
+        import psycopg
+
+        kwargs.setdefault("application_name", APPLICATION_NAME)
+        kwargs.setdefault("connect_timeout", 10)
+        host = self.unix_socket or self.host
+        return psycopg.connect(
+            host=host, port=self.port, user=self.user, password=self.password,
+            dbname=dbname or self.dbname, **kwargs,
+        )
+
+    # -- per-test databases -------------------------------------------------
+
+    def _admin_conn(self) -> psycopg.Connection[Any]:
+        if self._admin is None or self._admin.closed:
+            self._admin = self.connect(
+                autocommit=True, application_name=APPLICATION_NAME + "/admin"
+            )
+        return self._admin  # type: ignore[no-any-return]
+
+    def create_database(self, prefix: str = "test", template: str = "template1") -> str:
+        """Create a fresh, uniquely named database from ``template``; returns its name."""
+        from psycopg import sql
+
+        with self._lock:
+            self._counter += 1
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            name = f"{prefix}_{worker}_{os.getpid()}_{self._counter}"
+            try:
+                self._admin_conn().execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template)
+                    )
+                )
+            except Exception as exc:
+                raise ServiceError(
+                    f"could not create test database {name!r} from template {template!r} on "
+                    f"{self.host}:{self.port} as {self.user!r}: {exc}\n"
+                    "The user needs the CREATEDB privilege, and nobody may be connected to "
+                    f"the template ({README})"
+                ) from exc
+        return name
+
+    def drop_database(self, name: str) -> list[str]:
+        """Drop a test database. Returns the sessions that were still connected
+        (``application_name@client``); they are terminated so the drop succeeds."""
+        from psycopg import sql
+
+        with self._lock:
+            admin = self._admin_conn()
+            rows = admin.execute(
+                "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local'),"
+                " coalesce(client_port, 0) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchall()
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        return [f"{app or '?'}@{addr}:{port}" for app, addr, port in rows]
+
+    def close(self) -> None:
+        """Close the admin connection and stop the server if we started it."""
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.close()
+        stop, self._stop = self._stop, None
+        if stop is not None:
+            stop()
+
+
+@dataclass
+class PostgresDatabase:
+    """A fresh database for one test (the ``postgres_db`` fixture)."""
+
+    server: PostgresServer
+    dbname: str
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def user(self) -> str:
+        return self.server.user
+
+    @property
+    def password(self) -> str | None:
+        return self.server.password
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn_for(self.dbname)
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        return self.server.connect(self.dbname, **kwargs)
+
+
+# --------------------------------------------------------------------------- local
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return cache_dir
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("pytest-resilience")) / "pgdata"
+
+
+def _cache_key(binaries: PgBinaries) -> str:
+    text = repr((CACHE_FORMAT, str(binaries.bindir), binaries.version, INITDB_ARGS))
+    return f"pg{binaries.version}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    # cp -a is the fastest copy measured here, and it keeps the owner when run as root.
+    out = subprocess.run(["cp", "-a", str(src), str(dst)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise ServiceError(f"copying {src} to {dst} failed: {out.stderr.strip()}")
+
+
+def _initdb(binaries: PgBinaries, data: Path, run_as: _RunAs) -> None:
+    out = subprocess.run(
+        [str(binaries.path("initdb")), "-D", str(data), *INITDB_ARGS],
+        capture_output=True, text=True, cwd=data.parent, check=False,
+        env=_server_env(), **run_as.popen_kwargs(),
+    )
+    if out.returncode != 0:
+        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-15:])
+        raise ServiceError(f"initdb failed (exit {out.returncode}):\n{tail}")
+
+
+def _server_env() -> dict[str, str]:
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.setdefault("PATH", "/usr/bin:/bin")
+    return env
+
+
+def _prepare_data_dir(
+    binaries: PgBinaries, base: Path, run_as: _RunAs, cache_dir: Path | None
+) -> tuple[Path, bool]:
+    """Put an initialised data directory at ``base/data``; returns (path, from_cache)."""
+    data = base / "data"
+    root = _cache_root(cache_dir)
+    cached = root / _cache_key(binaries)
+    if (cached / "PG_VERSION").is_file():
+        _copy_tree(cached, data)
+        return data, True
+    _initdb(binaries, data, run_as)
+    with contextlib.suppress(OSError, ServiceError):
+        # Fill the cache atomically: private name first, then rename.
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _copy_tree(data, tmp)
+        for leftover in ("postmaster.pid", "postmaster.opts"):
+            (tmp / leftover).unlink(missing_ok=True)
+        try:
+            os.rename(tmp, cached)
+        except OSError:  # another process filled it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return data, False
+
+
+def _pick_port() -> int:
+    # Postgres binds the port itself; this only proposes one. A clash is detected
+    # from the server log and retried with another port (see _start_local).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _log_tail(log: Path, lines: int = 20) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return "(no server log)"
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty server log)"
+
+
+class _Keeper:
+    """The ``sh`` process that owns the postmaster; closing its stdin stops everything."""
+
+    def __init__(
+        self, binaries: PgBinaries, base: Path, data: Path, sock: Path, port: int,
+        run_as: _RunAs, log: Path,
+    ) -> None:
+        args = [str(binaries.path("postgres")), "-D", str(data), "-p", str(port),
+                "-k", str(sock), "-h", "127.0.0.1"]
+        for key, value in SERVER_SETTINGS:
+            args += ["-c", f"{key}={value}"]
+        env = _server_env() | {"RESILIENCE_PG_LOG": str(log), "RESILIENCE_PG_BASE": str(base)}
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", _KEEPER, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            cwd=base, env=env, start_new_session=True, **run_as.popen_kwargs(),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        self.proc.stdout.close()
+        self.pid = int(line) if line.isdigit() else None
+
+    def postmaster_alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # A zombie (exited, not yet reaped by the keeper) is not alive.
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            if self.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(STOP_TIMEOUT)
+
+
+def _wait_ready(keeper: _Keeper, data: Path, deadline: float) -> bool:
+    """Poll postmaster.pid for the 'ready' status; False if the postmaster died."""
+    pidfile = data / "postmaster.pid"
+    while time.monotonic() < deadline:
+        try:
+            lines = pidfile.read_text().splitlines()
+        except OSError:
+            lines = []
+        if len(lines) >= 8 and lines[7].strip() == "ready":
+            return True
+        if not keeper.postmaster_alive():
+            return False
+        time.sleep(0.002)  # polling a local file, not synchronising a test
+    return False
+
+
+def start_local(
+    pg_bin: Path | None = None, cache_dir: Path | None = None
+) -> tuple[PostgresServer, dict[str, float]]:
+    """Start a throwaway local cluster. Returns the server and timings of each step."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    binaries = find_binaries(pg_bin)
+    run_as = run_as_account()
+    timings["find"] = time.perf_counter() - t0
+    for _attempt in range(PORT_ATTEMPTS):
+        base = Path(tempfile.mkdtemp(prefix="pytest-resilience-pg-"))
+        keeper: _Keeper | None = None
+        try:
+            run_as.chown(base)
+            sock = base / "sock"
+            sock.mkdir(mode=0o700)
+            run_as.chown(sock)
+            data, from_cache = _prepare_data_dir(binaries, base, run_as, cache_dir)
+            timings["data_dir_copied" if from_cache else "initdb"] = time.perf_counter() - t0
+            log = base / "postgres.log"
+            port = _pick_port()
+            keeper = _Keeper(binaries, base, data, sock, port, run_as, log)
+            if _wait_ready(keeper, data, time.monotonic() + START_TIMEOUT):
+                timings["ready"] = time.perf_counter() - t0
+                server = PostgresServer(
+                    host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                    version=binaries.version, mode="local", unix_socket=str(sock),
+                    _stop=keeper.stop,
+                )
+                return server, timings
+            tail = _log_tail(log)
+        except BaseException:
+            if keeper is not None:
+                keeper.stop()
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        keeper.stop()  # also removes base
+        shutil.rmtree(base, ignore_errors=True)
+        if "could not bind" not in tail and "already in use" not in tail:
+            raise ServiceError(
+                f"Postgres {binaries.version} ({binaries.bindir}) failed to start on "
+                f"127.0.0.1:{port}; server log:\n{tail}"
+            )
+        # The port was taken between proposing and binding it: try another one.
+    raise ServiceError(
+        f"Postgres could not bind a free port on 127.0.0.1 in {PORT_ATTEMPTS} attempts; "
+        f"last server log:\n{tail}"
+    )
+
+
+# --------------------------------------------------------------------------- external / docker
+
+
+def connect_external(dsn: str) -> PostgresServer:
+    """Describe a server you already run; checks the DSN by connecting once."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pytest_resilience.config import redact_dsn
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"bad Postgres DSN {redact_dsn(dsn)!r}: {exc}") from None
+    host = str(params.get("host") or "127.0.0.1")
+    server = PostgresServer(
+        host=host, port=int(params.get("port") or 5432),
+        user=str(params.get("user") or os.environ.get("USER", "postgres")),
+        dbname=str(params.get("dbname") or "postgres"),
+        password=str(params["password"]) if params.get("password") else None,
+        version="?", mode="external",
+        unix_socket=host if host.startswith("/") else None,
+    )
+    try:
+        with server.connect(connect_timeout=5) as conn:
+            server.version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    except psycopg.Error as exc:
+        raise ServiceError(
+            f"cannot connect to the external Postgres {redact_dsn(dsn)!r}: "
+            f"{str(exc).strip()}\nCheck --resilience-postgres-dsn / $RESILIENCE_POSTGRES_DSN "
+            f"({README})"
+        ) from None
+    return server
+
+
+def docker_available() -> str | None:
+    """None when a Docker engine answers; otherwise the reason it does not."""
+    try:
+        import docker
+    except ImportError:
+        return "the 'docker' extra is not installed (pip install 'pytest-resilience[docker]')"
+    try:
+        client = docker.from_env(timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"no Docker engine is reachable ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
+
+
+def start_docker(image: str = "postgres:15-alpine") -> PostgresServer:
+    """Start Postgres in a container through testcontainers."""
+    from testcontainers.postgres import PostgresContainer
+
+    container = PostgresContainer(image, username="postgres", password="postgres",
+                                  dbname="postgres")
+    container.start()
+    try:
+        server = PostgresServer(
+            host=container.get_container_host_ip(),
+            port=int(container.get_exposed_port(5432)),
+            user="postgres", dbname="postgres", password="postgres",
+            version=image.split(":")[-1], mode="docker", _stop=container.stop,
+        )
+        with server.connect() as conn:
+            server.version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    except BaseException:
+        container.stop()
+        raise
+    return server
+
+
+def start_postgres(
+    mode: str, *, pg_bin: Path | None = None, dsn: str | None = None,
+    cache_dir: Path | None = None,
+) -> PostgresServer:
+    """Give a running server for ``mode`` (local, docker or external)."""
+    if mode == "local":
+        return start_local(pg_bin, cache_dir)[0]
+    if mode == "external":
+        if dsn is None:
+            raise ConfigError("--resilience-postgres=external needs --resilience-postgres-dsn")
+        return connect_external(dsn)
+    if mode == "docker":
+        return start_docker()
+    raise ConfigError(f"unknown Postgres mode {mode!r}; choose local, docker or external")
+
+
+@contextlib.contextmanager
+def running_postgres(mode: str = "local", **kwargs: Any) -> Iterator[PostgresServer]:
+    """Context manager form of :func:`start_postgres` (for scripts and benchmarks)."""
+    server = start_postgres(mode, **kwargs)
+    try:
+        yield server
+    finally:
+        server.close()
