@@ -567,19 +567,9 @@ def connect_external(dsn: str) -> PostgresServer:
 
 def docker_available() -> str | None:
     """None when a Docker engine answers; otherwise the reason it does not."""
-    try:
-        import docker
-    except ImportError:
-        return "the 'docker' extra is not installed (pip install 'pytest-resilience[docker]')"
-    try:
-        client = docker.from_env(timeout=3)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception as exc:
-        return f"no Docker engine is reachable ({type(exc).__name__}: {str(exc)[:200]})"
-    return None
+    from pytest_resilience.services.docker import docker_unavailable_reason
+
+    return docker_unavailable_reason()
 
 
 def start_docker(image: str = "postgres:15-alpine") -> PostgresServer:
