@@ -8,6 +8,9 @@ Local mode, step by step (figures from this machine, see benchmarks/bench_postgr
    0.07 s) or, on a cold cache, run ``initdb`` (about 0.6 s) and fill the cache
    atomically (write to a private name, then ``rename``; the loser of a race
    throws its copy away).
+   The cluster lives in ``/dev/shm`` when it has room (``$RESILIENCE_PG_TMPDIR``
+   overrides): on a RAM-backed tmpfs, creating and dropping a database per test
+   costs about 12 + 4 ms instead of waiting on a disk filesystem's metadata.
 3. Start ``postgres`` directly (no ``pg_ctl``, which polls every 100 ms) on
    127.0.0.1 and a unix socket in a 0700 directory, under a tiny ``sh``
    *keeper*. The keeper reads a pipe whose only writer is this process: when
@@ -212,6 +215,12 @@ class PostgresServer:
     _counter: int = field(default=0, repr=False)
 
     @property
+    def major(self) -> int:
+        """The server's major version (0 when unknown)."""
+        head = self.version.split(".")[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
     def dsn(self) -> str:
         """``postgresql://`` DSN of the server's default database, over TCP."""
         return self.dsn_for(self.dbname)
@@ -253,10 +262,13 @@ class PostgresServer:
             self._counter += 1
             worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
             name = f"{prefix}_{worker}_{os.getpid()}_{self._counter}"
+            # FILE_COPY (PG 15+) copies the template's files directly: about 12 ms here,
+            # against 18 ms for the default WAL_LOG, which writes every page to WAL.
+            strategy = sql.SQL(" STRATEGY FILE_COPY" if self.major >= 15 else "")
             try:
                 self._admin_conn().execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                        sql.Identifier(name), sql.Identifier(template)
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+                        sql.Identifier(name), sql.Identifier(template), strategy
                     )
                 )
             except Exception as exc:
@@ -395,6 +407,23 @@ def _prepare_data_dir(
     return data, False
 
 
+def _temp_root() -> str | None:
+    """Where throwaway clusters live: ``$RESILIENCE_PG_TMPDIR``, else ``/dev/shm`` (a
+    RAM-backed tmpfs: creating and dropping databases there does not wait on a disk
+    filesystem's metadata) when it has room, else the system temp dir."""
+    explicit = os.environ.get("RESILIENCE_PG_TMPDIR")
+    if explicit:
+        return explicit
+    shm = "/dev/shm"
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None
+    if os.access(shm, os.W_OK) and st.f_bavail * st.f_frsize > 1 << 30:
+        return shm
+    return None
+
+
 def _pick_port() -> int:
     # Postgres binds the port itself; this only proposes one. A clash is detected
     # from the server log and retried with another port (see _start_local).
@@ -490,7 +519,7 @@ def start_local(
     run_as = run_as_account()
     timings["find"] = time.perf_counter() - t0
     for _attempt in range(PORT_ATTEMPTS):
-        base = Path(tempfile.mkdtemp(prefix="pytest-resilience-pg-"))
+        base = Path(tempfile.mkdtemp(prefix="pytest-resilience-pg-", dir=_temp_root()))
         keeper: _Keeper | None = None
         try:
             run_as.chown(base)

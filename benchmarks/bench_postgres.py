@@ -1,0 +1,163 @@
+"""Postgres start-up and per-test cost: pytest-resilience vs pytest-postgresql.
+
+Both are measured the same way, in one run, on this machine: a generated test
+file with N tests that each run ``SELECT 1`` on the plugin's per-test database
+fixture. A conftest stamps ``time.perf_counter()`` at ``pytest_sessionstart`` and
+at the start of every test body, so
+
+* session start -> first query  = first test's stamp - session start
+  (server start, or the cached data dir copy, plus the first database), and
+* per-test database cost       = (last stamp - first stamp) / (N - 1)
+  (create from template, connect, SELECT 1, drop: the whole fixture cycle).
+
+Run:  .venv/bin/python benchmarks/bench_postgres.py [--tests 30] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+CONFTEST = """
+import json, os, time
+STAMPS = []
+def pytest_sessionstart(session):
+    STAMPS.append(time.perf_counter())
+def pytest_sessionfinish(session):
+    with open(os.environ["BENCH_OUT"], "w") as f:
+        json.dump(STAMPS, f)
+"""
+
+OURS = """
+import conftest, time
+def _q(db):
+    with db.connect() as conn:
+        conn.execute("SELECT 1").fetchone()
+{tests}
+"""
+OURS_TEST = """
+def test_{i}(postgres_db):
+    conftest.STAMPS.append(time.perf_counter())
+    _q(postgres_db)
+"""
+
+THEIRS = """
+import conftest, time
+{tests}
+"""
+THEIRS_TEST = """
+def test_{i}(postgresql):
+    conftest.STAMPS.append(time.perf_counter())
+    postgresql.execute("SELECT 1").fetchone()
+"""
+
+
+def _run(kind: str, n: int, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
+    template, test = (OURS, OURS_TEST) if kind == "ours" else (THEIRS, THEIRS_TEST)
+    tests = "".join(test.format(i=i) for i in range(n))
+    (workdir / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+    (workdir / "test_bench.py").write_text(template.format(tests=tests))
+    out = workdir / "stamps.json"
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_bench.py"]
+    if kind == "ours":
+        args += ["-p", "no:postgresql"]
+    else:
+        args += ["-p", "no:pytest_resilience"]
+        pg_ctl = shutil.which("pg_ctl") or next(
+            iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)), None
+        )
+        args += [f"--postgresql-exec={pg_ctl}"]
+    cmd: list[str] = args
+    if os.geteuid() == 0 and kind == "theirs":
+        # pg_ctl refuses root; pytest-postgresql has no run-as option.
+        cmd = ["runuser", "-u", "postgres", "--", *args]
+    env = env | {"BENCH_OUT": str(out)}
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    stamps = json.loads(out.read_text())
+    start, first, last = stamps[0], stamps[1], stamps[-1]
+    return first - start, (last - first) / (n - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="10 tests, 1 round")
+    ns = parser.parse_args()
+    if ns.quick:
+        ns.tests, ns.rounds = 10, 1
+    kinds = ["ours"]
+    try:
+        import pytest_postgresql  # noqa: F401
+    except ImportError:
+        print("pytest-postgresql is not installed: no reference row (pip install -e '.[bench]')")
+    else:
+        probe = subprocess.run(["runuser", "-u", "postgres", "--", sys.executable, "-c", "1"],
+                               capture_output=True) if os.geteuid() == 0 else None
+        if probe is not None and probe.returncode != 0:
+            print(
+                "pytest-postgresql cannot run as root (pg_ctl refuses) and the postgres account "
+                f"cannot run {sys.executable}: no reference row. To get one, let it in, e.g. "
+                "chmod o+x /root (throwaway machines only), or run the benchmark as a normal user."
+            )
+        else:
+            kinds.append("theirs")
+    results: dict[str, dict[str, list[float]]] = {}
+    cache_parent = Path(tempfile.mkdtemp(prefix="bench-pg-cache-"))
+    try:
+        for r in range(ns.rounds):
+            for kind in kinds:
+                scenarios = ["warm"] if kind == "theirs" else ["cold", "warm"]
+                for temp in scenarios:
+                    with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
+                        work = Path(tmp)
+                        os.chmod(work, 0o777)
+                        env = dict(os.environ)
+                        cache = cache_parent / f"round{r}"
+                        if temp == "cold":
+                            shutil.rmtree(cache, ignore_errors=True)
+                        env["PYTEST_ADDOPTS"] = f"--resilience-cache-dir={cache}"
+                        if kind == "theirs":
+                            env.pop("PYTEST_ADDOPTS")
+                        start, per_test = _run(kind, ns.tests, work, env)
+                        row = results.setdefault(f"{kind}/{temp}", {"start": [], "test": []})
+                        row["start"].append(start)
+                        row["test"].append(per_test)
+    finally:
+        shutil.rmtree(cache_parent, ignore_errors=True)
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    print(f"\n{ns.tests} tests per run, {ns.rounds} round(s), median of rounds\n")
+    print(f"{'fixture':38} {'start->1st query':>17} {'per test':>10}")
+    names = {
+        "ours/cold": "pytest-resilience postgres_db (cold)",
+        "ours/warm": "pytest-resilience postgres_db (warm)",
+        "theirs/warm": "pytest-postgresql postgresql",
+    }
+    for key, row in results.items():
+        print(f"{names[key]:38} {med(row['start']) * 1000:14.0f} ms {med(row['test']) * 1000:7.1f} ms")
+    if "theirs/warm" in results:
+        ref = results["theirs/warm"]
+        ours = results["ours/warm"]
+        print(
+            f"\nratios (pytest-postgresql / ours, warm cache): session start "
+            f"{med(ref['start']) / med(ours['start']):.1f}x, per test "
+            f"{med(ref['test']) / med(ours['test']):.1f}x"
+        )
+    print("goals: warm start to first query <= 200 ms; per-test database <= 25 ms")
+
+
+if __name__ == "__main__":
+    main()
