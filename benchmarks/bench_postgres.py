@@ -147,7 +147,8 @@ def main() -> None:
         "theirs/warm": "pytest-postgresql postgresql",
     }
     for key, row in results.items():
-        print(f"{names[key]:38} {med(row['start']) * 1000:14.0f} ms {med(row['test']) * 1000:7.1f} ms")
+        start, per_test = med(row["start"]) * 1000, med(row["test"]) * 1000
+        print(f"{names[key]:38} {start:14.0f} ms {per_test:7.1f} ms")
     if "theirs/warm" in results:
         ref = results["theirs/warm"]
         ours = results["ours/warm"]
