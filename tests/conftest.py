@@ -16,3 +16,6 @@ def _quiet_inner_pytest_runs(
         monkeypatch.setenv(
             "PYTEST_ADDOPTS", "-o asyncio_default_fixture_loop_scope=function -p no:postgresql"
         )
+        # Under xdist the outer worker's id would leak into the inner runs.
+        for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
+            monkeypatch.delenv(name, raising=False)
