@@ -1,0 +1,330 @@
+"""Benchmark of the built-in Toxiproxy engine against a direct connection.
+
+    .venv/bin/python benchmarks/bench_toxiproxy.py [--quick] [--pg-dsn postgresql://...]
+
+Prints one table: added round-trip latency (median / p99 over >= 5,000
+sequential small round trips to a TCP echo server, and to Postgres
+``SELECT 1`` when ``--pg-dsn`` is given), throughput of a large transfer in
+1 MiB writes into a sink, and the error of a 100 ms latency toxic (median /
+p99 / max over >= 200 round trips) while this process idles and while one of
+its threads is CPU-bound, for the engine in a thread of this process and in a
+child process.
+
+Clients, echo and sink servers run as separate helper processes (this same
+script with a ``--_helper`` argument), so the figures measure the engine, not
+the GIL fights of a client living next to it. The "busy" rows spin a pure
+Python thread in *this* process, the one hosting a thread-mode engine, like a
+CPU-bound test would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pytest_resilience.toxiproxy import EngineHandle, start_process, start_thread  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+# -- helper processes -----------------------------------------------------------------------
+def _helper_echo() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+
+    def serve(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def _helper_sink() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            header = b""
+            while len(header) < 8:
+                header += conn.recv(8 - len(header))
+            remaining = int.from_bytes(header, "big")
+            buf = bytearray(4 * MiB)
+            while remaining > 0:
+                n = conn.recv_into(buf)
+                if not n:
+                    return
+                remaining -= n
+            conn.sendall(b"k")
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def _helper_rtt(port: int, count: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        payload = b"x" * 16
+        for _ in range(50):  # warm up
+            sock.sendall(payload)
+            sock.recv(16)
+        samples = []
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendall(payload)
+            got = 0
+            while got < 16:
+                got += len(sock.recv(16 - got))
+            samples.append(time.perf_counter() - start)
+    print(json.dumps(samples))
+
+
+def _helper_send(port: int, total: int) -> None:
+    chunk = b"\0" * MiB
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        start = time.perf_counter()
+        sock.sendall(total.to_bytes(8, "big"))
+        for _ in range(total // MiB):
+            sock.sendall(chunk)
+        assert sock.recv(1) == b"k"
+        print(json.dumps(time.perf_counter() - start))
+
+
+def _helper_pg(dsn: str, count: int) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(50):
+            conn.execute("SELECT 1").fetchone()
+        samples = []
+        for _ in range(count):
+            start = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            samples.append(time.perf_counter() - start)
+    print(json.dumps(samples))
+
+
+class HelperFailed(Exception):
+    pass
+
+
+def _run_helper(args: list[str]) -> Any:
+    result = subprocess.run(
+        [sys.executable, __file__, "--_helper", *args],
+        capture_output=True, text=True, check=False, timeout=600,
+    )
+    if result.returncode:
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise HelperFailed(f"{args[0]} helper failed: {last}")
+    return json.loads(result.stdout)
+
+
+@contextmanager
+def _server(kind: str) -> Iterator[int]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--_helper", kind], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# -- measurements -----------------------------------------------------------------------------
+def _proxy(engine: EngineHandle, name: str, upstream: str) -> int:
+    import httpx
+
+    with httpx.Client(base_url=engine.url, timeout=10) as api:
+        api.delete(f"/proxies/{name}")
+        response = api.post(
+            "/proxies", json={"name": name, "upstream": upstream, "listen": "127.0.0.1:0"}
+        )
+        response.raise_for_status()
+        return int(response.json()["listen"].rsplit(":", 1)[1])
+
+
+def _toxic(engine: EngineHandle, name: str, body: dict[str, Any]) -> None:
+    import httpx
+
+    httpx.post(f"{engine.url}/proxies/{name}/toxics", json=body, timeout=10).raise_for_status()
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _interleaved(
+    targets: dict[str, Any], kind: str, total: int, rounds: int = 5
+) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, target in targets.items():
+            samples[name] += _run_helper([kind, str(target), str(total // rounds)])
+    return samples
+
+
+def _added(samples: dict[str, list[float]]) -> list[str]:
+    base = samples["direct"]
+    cells = []
+    for mode in ("thread", "process"):
+        med = statistics.median(samples[mode]) - statistics.median(base)
+        p99 = _pct(samples[mode], 0.99) - _pct(base, 0.99)
+        cells.append(f"{med * 1e6:+.0f} / {p99 * 1e6:+.0f} us")
+    return cells
+
+
+@contextmanager
+def _busy(enabled: bool) -> Iterator[None]:
+    stop = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not stop.is_set():
+            for i in range(1000):
+                x += i * i
+
+    thread = threading.Thread(target=spin, name="bench-cpu-bound")
+    if enabled:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if enabled:
+            thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, smaller transfer")
+    parser.add_argument("--pg-dsn", help="also time SELECT 1 against this Postgres")
+    parser.add_argument("--_helper", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._helper:
+        kind, *rest = args._helper
+        if kind == "echo":
+            _helper_echo()
+        elif kind == "sink":
+            _helper_sink()
+        elif kind == "rtt":
+            _helper_rtt(int(rest[0]), int(rest[1]))
+        elif kind == "send":
+            _helper_send(int(rest[0]), int(rest[1]))
+        elif kind == "pg":
+            _helper_pg(rest[0], int(rest[1]))
+        return
+
+    rtts = 1000 if args.quick else 5000
+    transfer = (256 if args.quick else 2048) * MiB
+    toxic_rtts = 50 if args.quick else 200
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    with _server("echo") as echo_port, _server("sink") as sink_port:
+        echo = f"127.0.0.1:{echo_port}"
+        sink = f"127.0.0.1:{sink_port}"
+        engines = {"thread": start_thread(), "process": start_process()}
+        try:
+            # Direct and proxied samples are taken in interleaved rounds, so that load
+            # from elsewhere on the machine hits all columns alike.
+            echo_ports = {"direct": echo_port}
+            echo_ports.update({m: _proxy(e, "echo", echo) for m, e in engines.items()})
+            rtt = _interleaved(echo_ports, "rtt", rtts)
+            d_med, d_p99 = statistics.median(rtt["direct"]), _pct(rtt["direct"], 0.99)
+            rows.append((
+                f"echo RTT, {rtts} round trips: direct median / p99",
+                f"{d_med * 1e6:.0f} / {d_p99 * 1e6:.0f} us", "", "", "",
+            ))
+            rows.append(("  added by the proxy: median / p99", "", *_added(rtt), "<= 60 / 150 us"))
+
+            if args.pg_dsn:
+                from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+                info = conninfo_to_dict(args.pg_dsn)
+                pg_up = f"{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}"
+                dsns = {"direct": args.pg_dsn}
+                for mode, engine in engines.items():
+                    port = _proxy(engine, "pg", pg_up)
+                    dsns[mode] = make_conninfo(args.pg_dsn, host="127.0.0.1", port=str(port))
+                try:
+                    pg = _interleaved(dsns, "pg", rtts)
+                except HelperFailed as exc:
+                    sys.exit(f"cannot run SELECT 1 through --pg-dsn: {exc}")
+                pd_med, pd_p99 = statistics.median(pg["direct"]), _pct(pg["direct"], 0.99)
+                rows.append((
+                    f"Postgres SELECT 1 x{rtts}: direct median / p99",
+                    f"{pd_med * 1e6:.0f} / {pd_p99 * 1e6:.0f} us", "", "", "",
+                ))
+                rows.append(
+                    ("  added by the proxy: median / p99", "", *_added(pg), "<= 60 / 150 us")
+                )
+            else:
+                rows.append(("Postgres SELECT 1", "skipped (no --pg-dsn)", "", "", ""))
+
+            direct_s = _run_helper(["send", str(sink_port), str(transfer)])
+            cells = []
+            for engine in engines.values():
+                port = _proxy(engine, "sink", sink)
+                seconds = _run_helper(["send", str(port), str(transfer)])
+                cells.append(f"{transfer / seconds / 1e6:.0f} MB/s")
+            rows.append((
+                f"throughput, {transfer // MiB} MiB in 1 MiB writes",
+                f"{transfer / direct_s / 1e6:.0f} MB/s", *cells, ">= 900 MB/s",
+            ))
+
+            for busy in (False, True):
+                cells = []
+                for engine in engines.values():
+                    port = _proxy(engine, "lat", echo)
+                    _toxic(engine, "lat", {"type": "latency", "attributes": {"latency": 100}})
+                    with _busy(busy):
+                        samples = _run_helper(["rtt", str(port), str(toxic_rtts)])
+                    errors = [(s - 0.1) * 1e3 for s in samples]
+                    cells.append(
+                        f"{statistics.median(errors):+.2f} / {_pct(errors, 0.99):+.2f} / "
+                        f"{max(errors):+.2f} ms"
+                    )
+                label = "busy thread in this process" if busy else "this process idle"
+                rows.append((
+                    f"latency 100 ms error, {toxic_rtts} RTTs, {label}: med / p99 / max",
+                    "", *cells, "p99 <= 2 ms (process)",
+                ))
+        finally:
+            for engine in engines.values():
+                engine.stop()
+
+    header = ("measurement", "direct", "engine: thread", "engine: process", "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print(line)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

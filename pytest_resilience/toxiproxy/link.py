@@ -1,0 +1,518 @@
+"""The data plane of one proxied connection: two links, each with a toxic chain.
+
+``upstream`` carries client -> server bytes, ``downstream`` server -> client.
+With no active toxic a link is a direct pump (``data_received`` writes
+straight to the other transport); otherwise bytes flow through the link's
+stages (:mod:`pytest_resilience.toxiproxy.toxics`) into its :class:`Sink`.
+
+Backpressure: a link pauses reading its source while the destination
+transport is above its write high-water mark or while its stages hold more
+than :data:`STAGE_HIGH` bytes, and resumes below the low marks, so memory stays
+flat under a slow reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+from pytest_resilience.toxiproxy.toxics import (
+    CLOSE,
+    EOF,
+    Item,
+    Receiver,
+    Stage,
+    ToxicConfig,
+    make_stage,
+)
+
+if TYPE_CHECKING:
+    from pytest_resilience.toxiproxy.proxy import Proxy
+
+__all__ = ["ClientSide", "Connection", "Link", "Sink", "UpstreamSide"]
+
+log = logging.getLogger("pytest_resilience.toxiproxy")
+
+STAGE_HIGH = 8 * 1024 * 1024
+STAGE_LOW = 2 * 1024 * 1024
+WRITE_HIGH = 1024 * 1024
+WRITE_LOW = 256 * 1024
+_LINGER_0 = struct.pack("ii", 1, 0)
+
+
+def _tune_socket(transport: asyncio.BaseTransport, linger0: bool = False) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if linger0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+    except OSError:
+        pass
+
+
+class Sink:
+    """The end of a chain: writes to the destination transport."""
+
+    __slots__ = ("done", "link", "pending", "transport")
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.done = False
+        #: items that arrived before the destination was connected
+        self.pending: list[tuple[Item, float]] = []
+
+    def feed(self, item: Item, ts: float) -> None:
+        if self.done:
+            return
+        if self.transport is None:
+            self.pending.append((item, ts))
+            return
+        if type(item) is bytes:
+            self.transport.write(item)
+            self.link.bytes_out += len(item)
+            return
+        self.done = True
+        if item is EOF:
+            self.link.conn.link_eof(self.link)
+        else:
+            self.link.conn.close("closed by toxic")
+
+
+class Link:
+    __slots__ = (
+        "buffered",
+        "bytes_in",
+        "bytes_out",
+        "conn",
+        "direct",
+        "direction",
+        "eof_done",
+        "head",
+        "loop",
+        "paused_buffer",
+        "paused_writer",
+        "sink",
+        "source",
+        "source_eof",
+        "source_paused",
+        "stages",
+    )
+
+    def __init__(self, conn: Connection, direction: str) -> None:
+        self.conn = conn
+        self.loop: asyncio.AbstractEventLoop = conn.loop
+        self.direction = direction
+        self.sink = Sink(self)
+        self.stages: list[Stage] = []
+        self.head: Receiver = self.sink
+        self.direct: asyncio.Transport | None = None
+        self.source: asyncio.Transport | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.buffered = 0
+        self.paused_writer = False
+        self.paused_buffer = False
+        self.source_paused = False
+        self.source_eof = False
+        self.eof_done = False
+
+    # -- chain management -----------------------------------------------------
+    def rewire(self) -> None:
+        stages = self.stages
+        for index, stage in enumerate(stages):
+            stage.next = stages[index + 1] if index + 1 < len(stages) else self.sink
+        self.head = stages[0] if stages else self.sink
+        if not self.sink.done and not any(s.active or s.q for s in stages):
+            self.direct = self.sink.transport
+        else:
+            self.direct = None
+
+    def draw(self, cfg: ToxicConfig) -> bool:
+        toxicity = cfg.toxicity
+        if toxicity >= 1.0:
+            active = True
+        elif toxicity <= 0.0:
+            active = False
+        else:
+            active = self.conn.rng().random() < toxicity
+        if active:
+            self.conn.toxic_applied(cfg)
+        return active
+
+    def start_chain(self, configs: list[ToxicConfig]) -> None:
+        for cfg in configs:
+            stage = make_stage(self, cfg)
+            self.stages.append(stage)
+        self.rewire()
+        for stage in self.stages:
+            stage.active = self.draw(stage.cfg)
+        self.rewire()
+        for stage in self.stages:
+            if stage.active:
+                stage.start()
+
+    def add_toxic(self, cfg: ToxicConfig) -> None:
+        stage = make_stage(self, cfg)
+        self.stages.append(stage)
+        self.direct = None
+        self.rewire()
+        stage.active = self.draw(cfg)
+        if stage.active:
+            stage.start()
+        if len(self.stages) > 1:
+            # The previous last stub is interrupted and restarted: its draw is re-made.
+            last = self.stages[-2]
+            last.restart(self.draw(last.cfg))
+        self.rewire()
+
+    def remove_toxic(self, name: str) -> None:
+        index = next((i for i, s in enumerate(self.stages) if s.cfg.name == name), -1)
+        if index < 0:
+            return
+        stage = self.stages[index]
+        self.direct = None
+        stage.remove()
+        del self.stages[index]
+        self.rewire()
+        if index > 0:
+            previous = self.stages[index - 1]
+            previous.restart(self.draw(previous.cfg))
+        self.rewire()
+
+    def update_toxic(self, cfg: ToxicConfig) -> None:
+        for stage in self.stages:
+            if stage.cfg.name == cfg.name:
+                stage.cfg = cfg
+                self.direct = None
+                stage.restart(self.draw(cfg))
+                break
+        self.rewire()
+
+    # -- flow control -----------------------------------------------------------
+    def adjust(self, delta: int) -> None:
+        self.buffered += delta
+        if delta > 0:
+            if self.buffered > STAGE_HIGH and not self.paused_buffer:
+                self.paused_buffer = True
+                self.update_flow()
+        elif self.paused_buffer and self.buffered <= STAGE_LOW:
+            self.paused_buffer = False
+            self.update_flow()
+
+    def set_writer_paused(self, paused: bool) -> None:
+        self.paused_writer = paused
+        self.update_flow()
+
+    def update_flow(self) -> None:
+        want = self.paused_writer or self.paused_buffer
+        source = self.source
+        if source is None or self.source_eof or want == self.source_paused:
+            return
+        self.source_paused = want
+        try:
+            if want:
+                source.pause_reading()
+            else:
+                source.resume_reading()
+        except (RuntimeError, AttributeError):
+            pass
+
+    def first_byte(self) -> None:
+        self.conn.proxy.events.record(
+            self.conn.proxy.name, self.conn.id, "first_byte", direction=self.direction
+        )
+
+
+class Connection:
+    __slots__ = (
+        "_rng",
+        "client",
+        "client_addr",
+        "closed",
+        "dial_task",
+        "down",
+        "id",
+        "index",
+        "linger0",
+        "loop",
+        "opened_at",
+        "proxy",
+        "up",
+        "upstream",
+    )
+
+    def __init__(self, proxy: Proxy, client: asyncio.Transport) -> None:
+        self.proxy = proxy
+        self.loop: asyncio.AbstractEventLoop = proxy.loop
+        self.id = proxy.engine_next_conn_id()
+        self.index = proxy.next_index()
+        self.client = client
+        self.upstream: asyncio.Transport | None = None
+        self.up = Link(self, "upstream")
+        self.down = Link(self, "downstream")
+        self.closed = False
+        self.linger0 = False
+        self.dial_task: asyncio.Task[None] | None = None
+        self.opened_at = time.monotonic()
+        self._rng: random.Random | None = None
+        peer = client.get_extra_info("peername")
+        self.client_addr: tuple[str, int] = (
+            (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+        )
+
+    def rng(self) -> random.Random:
+        if self._rng is None:
+            self._rng = random.Random(f"{self.proxy.seed}:{self.proxy.name}:{self.index}")
+        return self._rng
+
+    def toxic_applied(self, cfg: ToxicConfig) -> None:
+        self.proxy.events.record(
+            self.proxy.name, self.id, "toxic_applied",
+            toxic=cfg.name, type=cfg.type, stream=cfg.direction,
+        )
+
+    def toxic_fired(self, cfg: ToxicConfig, what: str) -> None:
+        self.proxy.events.record(
+            self.proxy.name, self.id, "toxic_fired",
+            toxic=cfg.name, type=cfg.type, stream=cfg.direction, effect=what,
+        )
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self) -> None:
+        self.client.pause_reading()
+        self.up.source = self.client
+        self.down.sink.transport = self.client
+        self.proxy.events.record(
+            self.proxy.name, self.id, "accepted",
+            client=self.client_addr[0], client_port=self.client_addr[1], index=self.index,
+        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "Accepted client name=%s client=%s:%d proxy=%s upstream=%s",
+                self.proxy.name, self.client_addr[0], self.client_addr[1],
+                self.proxy.listen, self.proxy.upstream,
+            )
+        self.dial_task = self.loop.create_task(self._dial())
+
+    async def _dial(self) -> None:
+        host, port = self.proxy.upstream_addr()
+        try:
+            if port is None:
+                raise OSError(f"address {self.proxy.upstream}: missing port in address")
+            transport, _ = await self.loop.create_connection(
+                lambda: UpstreamSide(self), host, port
+            )
+        except (OSError, ValueError, UnicodeError) as exc:
+            if self.closed:
+                return
+            log.error(
+                "Unable to open connection to upstream name=%s upstream=%s error=%s",
+                self.proxy.name, self.proxy.upstream, exc,
+            )
+            self.proxy.events.record(
+                self.proxy.name, self.id, "upstream_failed", error=str(exc)
+            )
+            self.close("upstream unreachable")
+            return
+        finally:
+            self.dial_task = None
+        if self.closed:
+            transport.abort()
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        if self.closed:
+            transport.abort()
+            return
+        self.upstream = transport
+        chains = self.proxy.toxics
+        self.linger0 = any(
+            t.type == "reset_peer" for chain in chains.values() for t in chain
+        )
+        _tune_socket(transport, self.linger0)
+        _tune_socket(self.client, self.linger0)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        early, self.up.sink.pending = self.up.sink.pending, []
+        self.up.sink.transport = transport
+        self.down.source = transport
+        self.proxy.events.record(self.proxy.name, self.id, "upstream_connected")
+        self.up.start_chain(list(chains["upstream"]))
+        self.down.start_chain(list(chains["downstream"]))
+        for item, ts in early:
+            self.up.head.feed(item, ts)
+        if not self.closed:
+            self.client.resume_reading()
+
+    def link_eof(self, link: Link) -> None:
+        link.eof_done = True
+        transport = link.sink.transport
+        if transport is not None and not transport.is_closing():
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+            except (OSError, RuntimeError):
+                pass
+        if self.up.eof_done and self.down.eof_done:
+            self.close("eof")
+
+    def source_eof(self, link: Link) -> None:
+        link.source_eof = True
+        link.head.feed(EOF, time.monotonic())
+
+    def transport_lost(self, link: Link, exc: BaseException | None) -> None:
+        """``link``'s source transport is gone (peer reset, or closed under us)."""
+        if self.closed:
+            return
+        other = self.down if link is self.up else self.up
+        other.sink.done = True  # nothing more can be written to that socket
+        other.direct = None
+        link.source_eof = True
+        if exc is None and link.eof_done:
+            self.close("eof")
+            return
+        link.head.feed(CLOSE, time.monotonic())
+
+    def close(self, reason: str, reset: bool = False, drop: bool = False) -> None:
+        """Close both sockets: RST if ``reset`` or SO_LINGER 0 was set at accept.
+
+        ``drop`` (proxy disabled/deleted, engine stopped) does not wait for a
+        peer that is not reading to drain our write buffer.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        for link in (self.up, self.down):
+            link.direct = None
+            link.sink.done = True
+            for stage in link.stages:
+                stage.shutdown()
+        if self.dial_task is not None:
+            self.dial_task.cancel()
+        self.proxy.connection_closed(self)
+        abort = reset or self.linger0
+        for transport in (self.client, self.upstream):
+            if transport is not None:
+                if abort or (drop and transport.get_write_buffer_size()):
+                    transport.abort()
+                else:
+                    transport.close()
+        self.proxy.events.record(
+            self.proxy.name, self.id, "closed", reason=reason,
+            bytes_up=self.up.bytes_in, bytes_down=self.down.bytes_in,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        upstream_local = None
+        if self.upstream is not None:
+            sockname = self.upstream.get_extra_info("sockname")
+            if isinstance(sockname, tuple):
+                upstream_local = f"{sockname[0]}:{sockname[1]}"
+        buffered = self.up.buffered + self.down.buffered
+        for transport in (self.client, self.upstream):
+            if transport is not None:
+                buffered += transport.get_write_buffer_size()
+        return {
+            "conn": self.id,
+            "index": self.index,
+            "client": self.client_addr[0],
+            "client_port": self.client_addr[1],
+            "upstream_local": upstream_local,
+            "opened_at": self.opened_at,
+            "bytes_up": self.up.bytes_in,
+            "bytes_down": self.down.bytes_in,
+            "buffered": buffered,
+            "connected": self.upstream is not None,
+        }
+
+
+class ClientSide(asyncio.Protocol):
+    """Protocol of an accepted client socket (source of the upstream link)."""
+
+    __slots__ = ("conn", "link", "proxy")
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop transports are not asyncio.Transport subclasses, but quack alike.
+        transport = cast("asyncio.Transport", base)
+        _tune_socket(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        self.conn = Connection(self.proxy, transport)
+        self.link = self.conn.up
+        self.proxy.connection_opened(self.conn)
+        self.conn.start()
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        seen = link.bytes_in
+        link.bytes_in = seen + len(data)
+        if not seen:
+            link.first_byte()
+        direct = link.direct
+        if direct is not None:
+            direct.write(data)
+            link.bytes_out += len(data)
+        else:
+            link.head.feed(data, time.monotonic())
+
+    def eof_received(self) -> bool:
+        self.conn.source_eof(self.link)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.transport_lost(self.link, exc)
+
+    def pause_writing(self) -> None:
+        self.conn.down.set_writer_paused(True)
+
+    def resume_writing(self) -> None:
+        self.conn.down.set_writer_paused(False)
+
+
+class UpstreamSide(asyncio.Protocol):
+    """Protocol of the dialled upstream socket (source of the downstream link)."""
+
+    __slots__ = ("conn", "link")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.link = conn.down
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop transports are not asyncio.Transport subclasses, but quack alike.
+        transport = cast("asyncio.Transport", base)
+        self.conn.upstream_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        seen = link.bytes_in
+        link.bytes_in = seen + len(data)
+        if not seen:
+            link.first_byte()
+        direct = link.direct
+        if direct is not None:
+            direct.write(data)
+            link.bytes_out += len(data)
+        else:
+            link.head.feed(data, time.monotonic())
+
+    def eof_received(self) -> bool:
+        self.conn.source_eof(self.link)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.transport_lost(self.link, exc)
+
+    def pause_writing(self) -> None:
+        self.conn.up.set_writer_paused(True)
+
+    def resume_writing(self) -> None:
+        self.conn.up.set_writer_paused(False)

@@ -1,0 +1,557 @@
+"""Toxic definitions (attributes, validation, JSON) and their per-connection stages.
+
+A *toxic* is the configuration the API stores (:class:`ToxicConfig`). A
+*stage* is one toxic running on one direction of one live connection: it
+receives items (bytes, or the :data:`EOF` / :data:`CLOSE` markers), may hold
+them in a FIFO behind a timer, and feeds the next stage; the last one feeds
+the link's sink, which writes to the destination socket. Stages are pure
+callbacks on the event loop: no task per toxic, one timer per stage at most.
+
+Semantics follow toxiproxy-server 2.12 (``toxics/*.go``): see
+``reference/toxiproxy-v2.md`` section 2. Stub restarts (PATCH, adding a toxic
+after this one, removing the one after it) interrupt the stage the way the Go
+goroutine is interrupted, then re-draw its toxicity.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pytest_resilience.toxiproxy.gojson import ApiError, f32
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from pytest_resilience.toxiproxy.link import Link
+
+__all__ = [
+    "CLOSE",
+    "EOF",
+    "TOXIC_TYPES",
+    "Marker",
+    "Receiver",
+    "Stage",
+    "ToxicConfig",
+    "make_stage",
+    "validate_attributes",
+]
+
+#: type -> (Go struct name, attribute names in Go field order)
+TOXIC_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "latency": ("LatencyToxic", ("latency", "jitter")),
+    "bandwidth": ("BandwidthToxic", ("rate",)),
+    "slow_close": ("SlowCloseToxic", ("delay",)),
+    "timeout": ("TimeoutToxic", ("timeout",)),
+    "reset_peer": ("ResetToxic", ("timeout",)),
+    "slicer": ("SlicerToxic", ("average_size", "size_variation", "delay")),
+    "limit_data": ("LimitDataToxic", ("bytes",)),
+    "noop": ("NoopToxic", ()),
+}
+
+#: Longest single timer we arm (a month); longer waits behave as "forever".
+MAX_WAIT = 30 * 24 * 3600.0
+
+
+class Marker:
+    """End-of-stream markers flowing through a chain after the data."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+#: The source half-closed: the sink half-closes the destination (``write_eof``).
+EOF = Marker("EOF")
+#: A toxic ended the stream: the sink closes the whole connection.
+CLOSE = Marker("CLOSE")
+
+Item = bytes | Marker
+
+
+class Receiver(Protocol):
+    def feed(self, item: Item, ts: float) -> None: ...
+
+
+@dataclass
+class ToxicConfig:
+    name: str
+    type: str
+    stream: str  # as sent by the client (case preserved)
+    direction: str  # "upstream" or "downstream"
+    toxicity: float
+    attributes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attributes": dict(self.attributes),
+            "name": self.name,
+            "type": self.type,
+            "stream": self.stream,
+            "toxicity": f32(self.toxicity),
+        }
+
+    def attr(self, name: str) -> int:
+        return self.attributes.get(name, 0)
+
+
+def validate_attributes(toxic_type: str, attrs: dict[str, int]) -> None:
+    """Reject values that crash toxiproxy-server (400 instead of a dead process)."""
+    if toxic_type == "bandwidth" and attrs.get("rate", 0) < 0:
+        raise ApiError(
+            400,
+            "invalid toxic attributes: bandwidth rate must be >= 0 "
+            "(a negative rate crashes toxiproxy-server)",
+        )
+    if toxic_type == "slicer":
+        avg = attrs.get("average_size", 0)
+        var = attrs.get("size_variation", 0)
+        if avg < 1:
+            raise ApiError(
+                400,
+                "invalid toxic attributes: slicer average_size must be >= 1 "
+                "(0 or less makes toxiproxy-server recurse until it crashes)",
+            )
+        if var < 0 or var > avg:
+            raise ApiError(
+                400,
+                "invalid toxic attributes: slicer size_variation must be between 0 and "
+                "average_size (a larger one crashes toxiproxy-server)",
+            )
+
+
+def _clamp_wait(seconds: float) -> float:
+    if seconds <= 0:
+        return 0.0
+    return min(seconds, MAX_WAIT)
+
+
+class Stage:
+    """One toxic on one direction of one connection. The base class is a noop."""
+
+    __slots__ = ("active", "cfg", "closed", "link", "loop", "next", "q", "timer")
+
+    def __init__(self, link: Link, cfg: ToxicConfig) -> None:
+        self.link = link
+        self.cfg = cfg
+        self.loop: asyncio.AbstractEventLoop = link.loop
+        self.next: Receiver = link.sink
+        self.active = False
+        self.closed = False
+        self.q: deque[tuple[float, Item]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- plumbing -------------------------------------------------------------
+    def feed(self, item: Item, ts: float) -> None:
+        if self.closed:
+            return
+        if not self.active:
+            self.next.feed(item, ts)
+            return
+        self.on_item(item, ts)
+
+    def on_item(self, item: Item, ts: float) -> None:
+        self.next.feed(item, ts)
+
+    def enqueue(self, item: Item, ts: float) -> None:
+        self.q.append((ts, item))
+        if type(item) is bytes:
+            self.link.adjust(len(item))
+
+    def dequeue(self) -> tuple[float, Item]:
+        ts, item = self.q.popleft()
+        if type(item) is bytes:
+            self.link.adjust(-len(item))
+        return ts, item
+
+    def arm(self, delay: float, callback: Any) -> None:
+        self.timer = self.loop.call_later(_clamp_wait(delay), callback)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def flush(self) -> None:
+        while self.q and not self.closed:
+            ts, item = self.dequeue()
+            self.next.feed(item, ts)
+
+    def close_stream(self) -> None:
+        """The toxic closes its output (Go ``stub.Close()``): the connection closes."""
+        self.closed = True
+        self.cancel_timer()
+        while self.q:
+            self.dequeue()
+        self.next.feed(CLOSE, time.monotonic())
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        """(Re)started with ``active`` decided: arm timers, process the queue."""
+
+    def interrupt(self) -> None:
+        """Interrupted before a restart or removal (Go ``InterruptToxic``)."""
+        self.cancel_timer()
+
+    def restart(self, active: bool) -> None:
+        if self.closed:
+            return
+        self.interrupt()
+        self.active = active
+        if active:
+            self.start()
+        else:
+            self.flush()
+
+    def remove(self) -> None:
+        """Removed from the chain: hand everything held to the next stage."""
+        if self.closed:
+            return
+        self.interrupt()
+        self.flush()
+        self.closed = True
+
+    def shutdown(self) -> None:
+        """The connection is gone: drop everything."""
+        self.closed = True
+        self.cancel_timer()
+        self.q.clear()
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(item) for _, item in self.q if type(item) is bytes)
+
+
+class LatencyStage(Stage):
+    __slots__ = ("head_deadline",)
+
+    def __init__(self, link: Link, cfg: ToxicConfig) -> None:
+        super().__init__(link, cfg)
+        self.head_deadline: float | None = None
+
+    def _delay(self) -> float:
+        latency = self.cfg.attr("latency")
+        jitter = self.cfg.attr("jitter")
+        delay = latency
+        if jitter > 0:
+            delay += self.link.conn.rng().randrange(2 * jitter) - jitter
+        return delay / 1000.0
+
+    def on_item(self, item: Item, ts: float) -> None:
+        self.enqueue(item, ts)
+        if self.timer is None:
+            self.pump()
+
+    def pump(self) -> None:
+        q = self.q
+        while q and not self.closed:
+            if self.head_deadline is None:
+                ts, item = q[0]
+                self.head_deadline = ts + self._delay() if type(item) is bytes else ts
+            now = time.monotonic()
+            deadline = self.head_deadline
+            if deadline > now:
+                # One timer for the whole FIFO; it re-arms if the loop fires it early.
+                self.arm(deadline - now, self._on_timer)
+                return
+            ts, item = self.dequeue()
+            self.head_deadline = None
+            self.next.feed(item, max(ts, deadline))
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.pump()
+
+    def start(self) -> None:
+        self.pump()
+
+    def interrupt(self) -> None:
+        super().interrupt()
+        self.head_deadline = None
+        if self.q and self.active:
+            # Go: "Exit fast without applying latency" for the chunk in hand.
+            ts, item = self.dequeue()
+            self.next.feed(item, ts)
+
+
+class BandwidthStage(Stage):
+    __slots__ = ("charged", "sleep", "wait_start")
+
+    def __init__(self, link: Link, cfg: ToxicConfig) -> None:
+        super().__init__(link, cfg)
+        self.sleep = 0.0
+        self.charged = False
+        self.wait_start = 0.0
+
+    def on_item(self, item: Item, ts: float) -> None:
+        self.enqueue(item, ts)
+        if self.timer is None:
+            self.pump()
+
+    def pump(self) -> None:
+        rate = self.cfg.attr("rate")
+        while self.q and self.timer is None and not self.closed:
+            ts, item = self.q[0]
+            if type(item) is not bytes:
+                self.dequeue()
+                self.next.feed(item, ts)
+                continue
+            if rate <= 0:
+                return  # rate 0: the stream stalls until the toxic changes
+            if not self.charged:
+                self.charged = True
+                self.sleep += len(item) / (rate * 1000.0)
+            if len(item) > rate * 100:
+                self.arm(0.1, self._on_split)
+                return
+            if self.sleep > 0:
+                self.wait_start = time.monotonic()
+                self.arm(self.sleep, self._on_wait)
+                return
+            self.dequeue()
+            self.charged = False
+            self.next.feed(item, ts)
+
+    def _on_split(self) -> None:
+        self.timer = None
+        if not self.q:
+            return
+        limit = self.cfg.attr("rate") * 100
+        ts, item = self.dequeue()
+        assert type(item) is bytes
+        piece, rest = item[:limit], item[limit:]
+        self.q.appendleft((ts, rest))
+        self.link.adjust(len(rest))
+        self.sleep -= 0.1
+        self.next.feed(piece, ts)
+        self.pump()
+
+    def _on_wait(self) -> None:
+        self.timer = None
+        # Offset the next sleep by this one's error, like the Go code does.
+        self.sleep -= time.monotonic() - self.wait_start
+        if not self.q:
+            return
+        ts, item = self.dequeue()
+        self.charged = False
+        self.next.feed(item, ts)
+        self.pump()
+
+    def start(self) -> None:
+        self.pump()
+
+    def interrupt(self) -> None:
+        had_timer = self.timer is not None
+        super().interrupt()
+        if self.q and self.active and (had_timer or self.charged):
+            ts, item = self.dequeue()
+            self.next.feed(item, ts)
+        self.sleep = 0.0
+        self.charged = False
+
+
+class SlowCloseStage(Stage):
+    __slots__ = ()
+
+    def on_item(self, item: Item, ts: float) -> None:
+        if type(item) is bytes and not self.q:
+            self.next.feed(item, ts)
+            return
+        self.enqueue(item, ts)
+        if self.timer is None:
+            self.arm(self.cfg.attr("delay") / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.flush()
+
+    def start(self) -> None:
+        if self.q:
+            self.arm(self.cfg.attr("delay") / 1000.0, self._on_timer)
+
+
+class TimeoutStage(Stage):
+    __slots__ = ()
+
+    def _arm_idle(self) -> None:
+        self.cancel_timer()
+        timeout = self.cfg.attr("timeout")
+        if timeout > 0:
+            self.arm(timeout / 1000.0, self._on_timer)
+
+    def on_item(self, item: Item, ts: float) -> None:
+        if type(item) is bytes:
+            self._arm_idle()  # data is dropped; the idle timer restarts
+            return
+        self.cancel_timer()
+        self.next.feed(item, ts)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.link.conn.toxic_fired(self.cfg, "idle timeout")
+        self.close_stream()
+
+    def start(self) -> None:
+        self._arm_idle()
+
+    def remove(self) -> None:
+        # Go's Cleanup hook: removing a timeout toxic closes the connection.
+        if self.closed:
+            return
+        self.cancel_timer()
+        self.close_stream()
+
+
+class ResetPeerStage(Stage):
+    __slots__ = ("triggered",)
+
+    def __init__(self, link: Link, cfg: ToxicConfig) -> None:
+        super().__init__(link, cfg)
+        self.triggered = False
+
+    def on_item(self, item: Item, ts: float) -> None:
+        if self.triggered:
+            return
+        self.triggered = True  # the first chunk (or EOF) is dropped
+        self.arm(self.cfg.attr("timeout") / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.link.conn.toxic_fired(self.cfg, "reset")
+        self.close_stream()
+
+    def interrupt(self) -> None:
+        # Go sleeps uninterruptibly once triggered: the reset still happens.
+        if not self.triggered:
+            super().interrupt()
+
+    def restart(self, active: bool) -> None:
+        if self.triggered:
+            return
+        super().restart(active)
+
+    def remove(self) -> None:
+        if self.triggered:
+            return
+        super().remove()
+
+
+class SlicerStage(Stage):
+    __slots__ = ("pieces",)
+
+    def __init__(self, link: Link, cfg: ToxicConfig) -> None:
+        super().__init__(link, cfg)
+        self.pieces: deque[bytes] | None = None
+
+    def _split(self, data: bytes) -> deque[bytes]:
+        avg = self.cfg.attr("average_size")
+        var = self.cfg.attr("size_variation")
+        rng = self.link.conn.rng() if var > 0 else None
+        pieces: deque[bytes] = deque()
+        stack = [(0, len(data))]
+        while stack:
+            start, end = stack.pop()
+            if (end - start) - avg <= var:
+                if end > start:
+                    pieces.append(data[start:end])
+                continue
+            mid = start + (end - start) // 2
+            if rng is not None:
+                mid += rng.randrange(2 * var) - var
+            stack.append((mid, end))
+            stack.append((start, mid))
+        return pieces
+
+    def on_item(self, item: Item, ts: float) -> None:
+        self.enqueue(item, ts)
+        if self.timer is None:
+            self.pump()
+
+    def pump(self) -> None:
+        delay = self.cfg.attr("delay") / 1e6
+        while not self.closed and self.timer is None:
+            if self.pieces is None:
+                if not self.q:
+                    return
+                ts, item = self.q[0]
+                if type(item) is not bytes:
+                    self.dequeue()
+                    self.next.feed(item, ts)
+                    continue
+                self.pieces = self._split(item)
+            ts = self.q[0][0]
+            if not self.pieces:
+                self.pieces = None
+                self.dequeue()
+                continue
+            piece = self.pieces.popleft()
+            self.next.feed(piece, ts)
+            if not self.pieces:
+                self.pieces = None
+                if self.q:
+                    self.dequeue()
+            if delay > 0:
+                self.arm(delay, self._on_timer)
+                return
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.pump()
+
+    def start(self) -> None:
+        self.pump()
+
+    def interrupt(self) -> None:
+        super().interrupt()
+        if self.pieces is not None and self.q:
+            rest = b"".join(self.pieces)
+            self.pieces = None
+            ts, _ = self.dequeue()
+            if rest:
+                self.next.feed(rest, ts)
+        self.pieces = None
+
+
+class LimitDataStage(Stage):
+    __slots__ = ("transmitted",)
+
+    def __init__(self, link: Link, cfg: ToxicConfig) -> None:
+        super().__init__(link, cfg)
+        self.transmitted = 0  # kept across restarts of the stub, like Go's state
+
+    def on_item(self, item: Item, ts: float) -> None:
+        if type(item) is not bytes:
+            self.next.feed(item, ts)
+            return
+        limit = self.cfg.attr("bytes")
+        remaining = max(0, limit - self.transmitted)
+        if remaining < len(item):
+            item = item[:remaining]
+        if item:
+            self.transmitted += len(item)
+            self.next.feed(item, ts)
+        if limit - self.transmitted <= 0 and not self.closed:
+            self.link.conn.toxic_fired(self.cfg, "limit reached")
+            self.close_stream()
+
+
+_STAGES: dict[str, type[Stage]] = {
+    "latency": LatencyStage,
+    "bandwidth": BandwidthStage,
+    "slow_close": SlowCloseStage,
+    "timeout": TimeoutStage,
+    "reset_peer": ResetPeerStage,
+    "slicer": SlicerStage,
+    "limit_data": LimitDataStage,
+    "noop": Stage,
+}
+
+
+def make_stage(link: Link, cfg: ToxicConfig) -> Stage:
+    return _STAGES[cfg.type](link, cfg)
