@@ -1,12 +1,168 @@
 """pytest-resilience: prove that retries, breakers, timeouts and cleanup work.
 
-The public API is what ``__all__`` lists; everything else is internal.
+The public API is what ``__all__`` lists; everything else is internal. Names other
+than the error classes are imported on first use, so importing the plugin stays cheap
+(the verdict and clock modules pull in asyncio and friends only when you use them).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pytest_resilience.errors import ConfigError, ResilienceError, ServiceError
 
-__all__ = ["ConfigError", "ResilienceError", "ServiceError", "__version__"]
+if TYPE_CHECKING:
+    from pytest_resilience.clock import (
+        ClockReport,
+        VirtualClock,
+        VirtualClockError,
+        current_clock_kind,
+    )
+    from pytest_resilience.observe.attempts import (
+        Attempt,
+        BackoffWaits,
+        StaminaWaits,
+        TenacityWaits,
+        Timeline,
+        from_requests,
+        from_timestamps,
+        from_toxiproxy_events,
+        from_waits,
+        track,
+    )
+    from pytest_resilience.observe.breaker import (
+        BreakerObserver,
+        observe_aiobreaker,
+        observe_circuitbreaker,
+        observe_purgatory,
+        observe_pybreaker,
+    )
+    from pytest_resilience.verdicts.backoff import (
+        BackoffMismatch,
+        BackoffModel,
+        amplification,
+        expect_amplification,
+        expect_backoff,
+    )
+    from pytest_resilience.verdicts.breaker import (
+        BreakerMismatch,
+        ConformanceReport,
+        acheck_breaker_conformance,
+        check_breaker_conformance,
+        expect_transitions,
+    )
+    from pytest_resilience.verdicts.core import (
+        Tolerance,
+        Verdict,
+        VerdictFailed,
+    )
+    from pytest_resilience.verdicts.timeout import (
+        LoopLagProbe,
+        TimeoutMismatch,
+        aexpect_query_cancelled,
+        aexpect_recovers,
+        expect_query_cancelled,
+        expect_timeout,
+        expect_timeout_call,
+    )
+
+__all__ = [
+    "Attempt",
+    "BackoffMismatch",
+    "BackoffModel",
+    "BackoffWaits",
+    "BreakerMismatch",
+    "BreakerObserver",
+    "ClockReport",
+    "ConfigError",
+    "ConformanceReport",
+    "LoopLagProbe",
+    "ResilienceError",
+    "ServiceError",
+    "StaminaWaits",
+    "TenacityWaits",
+    "Timeline",
+    "TimeoutMismatch",
+    "Tolerance",
+    "Verdict",
+    "VerdictFailed",
+    "VirtualClock",
+    "VirtualClockError",
+    "__version__",
+    "acheck_breaker_conformance",
+    "aexpect_query_cancelled",
+    "aexpect_recovers",
+    "amplification",
+    "check_breaker_conformance",
+    "current_clock_kind",
+    "expect_amplification",
+    "expect_backoff",
+    "expect_query_cancelled",
+    "expect_timeout",
+    "expect_timeout_call",
+    "expect_transitions",
+    "from_requests",
+    "from_timestamps",
+    "from_toxiproxy_events",
+    "from_waits",
+    "observe_aiobreaker",
+    "observe_circuitbreaker",
+    "observe_purgatory",
+    "observe_pybreaker",
+    "track",
+]
 
 __version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "Attempt": "pytest_resilience.observe.attempts",
+    "BackoffWaits": "pytest_resilience.observe.attempts",
+    "StaminaWaits": "pytest_resilience.observe.attempts",
+    "TenacityWaits": "pytest_resilience.observe.attempts",
+    "Timeline": "pytest_resilience.observe.attempts",
+    "from_requests": "pytest_resilience.observe.attempts",
+    "from_timestamps": "pytest_resilience.observe.attempts",
+    "from_toxiproxy_events": "pytest_resilience.observe.attempts",
+    "from_waits": "pytest_resilience.observe.attempts",
+    "track": "pytest_resilience.observe.attempts",
+    "BackoffMismatch": "pytest_resilience.verdicts.backoff",
+    "BackoffModel": "pytest_resilience.verdicts.backoff",
+    "amplification": "pytest_resilience.verdicts.backoff",
+    "expect_amplification": "pytest_resilience.verdicts.backoff",
+    "expect_backoff": "pytest_resilience.verdicts.backoff",
+    "BreakerObserver": "pytest_resilience.observe.breaker",
+    "observe_aiobreaker": "pytest_resilience.observe.breaker",
+    "observe_circuitbreaker": "pytest_resilience.observe.breaker",
+    "observe_purgatory": "pytest_resilience.observe.breaker",
+    "observe_pybreaker": "pytest_resilience.observe.breaker",
+    "BreakerMismatch": "pytest_resilience.verdicts.breaker",
+    "ConformanceReport": "pytest_resilience.verdicts.breaker",
+    "acheck_breaker_conformance": "pytest_resilience.verdicts.breaker",
+    "check_breaker_conformance": "pytest_resilience.verdicts.breaker",
+    "expect_transitions": "pytest_resilience.verdicts.breaker",
+    "LoopLagProbe": "pytest_resilience.verdicts.timeout",
+    "TimeoutMismatch": "pytest_resilience.verdicts.timeout",
+    "aexpect_query_cancelled": "pytest_resilience.verdicts.timeout",
+    "aexpect_recovers": "pytest_resilience.verdicts.timeout",
+    "expect_query_cancelled": "pytest_resilience.verdicts.timeout",
+    "expect_timeout": "pytest_resilience.verdicts.timeout",
+    "expect_timeout_call": "pytest_resilience.verdicts.timeout",
+    "Tolerance": "pytest_resilience.verdicts.core",
+    "Verdict": "pytest_resilience.verdicts.core",
+    "VerdictFailed": "pytest_resilience.verdicts.core",
+    "ClockReport": "pytest_resilience.clock",
+    "VirtualClock": "pytest_resilience.clock",
+    "VirtualClockError": "pytest_resilience.clock",
+    "current_clock_kind": "pytest_resilience.clock",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

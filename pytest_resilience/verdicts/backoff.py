@@ -1,0 +1,495 @@
+"""Backoff models and the curve verdict.
+
+A :class:`BackoffModel` says which delay (or jitter band) a retry library
+should wait before retry *n* (``n = 1`` is the wait after the first failed
+attempt). :func:`expect_backoff` compares a :class:`~pytest_resilience.observe.attempts.Timeline`
+with a model and fails with a table (attempt, expected delay or band,
+measured delay, off by) that also names the simple model the measurements fit.
+
+Windows: on the real clock a measured delay passes when it lies in
+``[lo - 2 ms, hi + 15 ms]`` (:data:`REAL_TOLERANCE`): timers never fire
+early by more than clock granularity, but a loaded machine wakes late, and a
+request log adds one round trip. On a virtual clock and for requested waits
+the comparison is exact (float rounding only).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pytest_resilience.verdicts.core import Tolerance, Verdict, VerdictFailed, fmt_s
+
+if TYPE_CHECKING:
+    from pytest_resilience.observe.attempts import Timeline
+
+__all__ = [
+    "REAL_TOLERANCE",
+    "BackoffMismatch",
+    "BackoffModel",
+    "amplification",
+    "backoff_expo",
+    "constant",
+    "decorrelated",
+    "expect_amplification",
+    "expect_backoff",
+    "exponential",
+    "fit_simple_model",
+    "linear",
+    "stamina_default",
+    "tenacity_wait_exponential",
+    "tenacity_wait_exponential_jitter",
+    "tenacity_wait_random_exponential",
+]
+
+Growth = Literal["constant", "linear", "exponential"]
+Jitter = Literal["none", "full", "equal", "decorrelated", "additive"]
+
+#: Default window on the real clock: 2 ms early, 15 ms late.
+REAL_TOLERANCE = Tolerance(early=0.002, late=0.015)
+EXACT = Tolerance()
+
+
+@dataclass(frozen=True)
+class BackoffModel:
+    """A backoff curve, its cap/floor and its jitter.
+
+    The deterministic part for retry ``n >= 1``:
+
+    * constant: ``initial``
+    * linear: ``initial + step * (n - 1)`` (``step`` is stored in ``multiplier``)
+    * exponential: ``initial * multiplier ** (n - 1)``
+
+    then clamped to ``[floor, cap]`` *before* the jitter, or *after* it when
+    ``cap_after_jitter`` (tenacity ``wait_exponential_jitter``, stamina).
+    Jitter of a delay ``t``: none ``t``; full ``U(full_low, t)``; equal
+    ``t/2 + U(0, t/2)``; additive ``t + U(0, jitter_max)``; decorrelated (AWS)
+    ``min(cap, U(initial, 3 * previous))``.
+    """
+
+    growth: Growth
+    initial: float
+    multiplier: float = 2.0
+    cap: float = math.inf
+    floor: float = 0.0
+    jitter: Jitter = "none"
+    jitter_max: float = 0.0
+    full_low: float = 0.0
+    cap_after_jitter: bool = False
+    label: str = ""
+
+    def raw(self, n: int) -> float:
+        """The curve for retry *n* before cap, floor and jitter."""
+        if n < 1:
+            raise ValueError(f"retry numbers start at 1, got {n}")
+        if self.growth == "constant":
+            return self.initial
+        if self.growth == "linear":
+            return self.initial + self.multiplier * (n - 1)
+        try:
+            return self.initial * self.multiplier ** (n - 1)
+        except OverflowError:
+            return math.inf
+
+    def _clamp(self, value: float) -> float:
+        return max(self.floor, min(self.cap, value))
+
+    def band(self, n: int, previous: float | None = None) -> tuple[float, float]:
+        """The interval the wait before retry *n* must lie in.
+
+        ``previous`` is the previous actual delay (only decorrelated jitter uses it).
+        """
+        if self.jitter == "decorrelated":
+            prev = self.initial if previous is None else previous
+            lo = min(self.cap, self.initial)
+            return lo, max(lo, min(self.cap, 3.0 * prev))
+        t = self.raw(n) if self.cap_after_jitter else self._clamp(self.raw(n))
+        if self.jitter == "none":
+            lo, hi = t, t
+        elif self.jitter == "full":
+            lo, hi = min(self.full_low, t), t
+        elif self.jitter == "equal":
+            lo, hi = t / 2.0, t
+        else:  # additive
+            lo, hi = t, t + self.jitter_max
+        if self.cap_after_jitter:
+            lo, hi = self._clamp(lo), self._clamp(hi)
+        return lo, hi
+
+    def sample(
+        self, n: int, previous: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        """Draw a delay for retry *n* the way the library would."""
+        lo, hi = self.band(n, previous)
+        if lo == hi:
+            return lo
+        draw = (rng or random).uniform
+        if self.jitter == "additive" and self.cap_after_jitter:
+            return self._clamp(self.raw(n) + draw(0.0, self.jitter_max))
+        return draw(lo, hi)
+
+    def samples(self, retries: int, rng: random.Random | None = None) -> list[float]:
+        """A whole curve of *retries* delays."""
+        out: list[float] = []
+        for n in range(1, retries + 1):
+            out.append(self.sample(n, out[-1] if out else None, rng))
+        return out
+
+    @property
+    def exact(self) -> bool:
+        """True when the model has no jitter (one value per retry)."""
+        return self.jitter == "none"
+
+    def describe(self) -> str:
+        """``exponential 20 ms x 2^(n-1), cap 1.000 s, full jitter``."""
+        if self.label:
+            return self.label
+        return self._shape()
+
+    def _shape(self) -> str:
+        if self.jitter == "decorrelated":
+            return (
+                f"decorrelated jitter U({fmt_s(self.initial)}, 3 x previous), cap {fmt_s(self.cap)}"
+            )
+        if self.growth == "constant":
+            text = f"constant {fmt_s(self.initial)}"
+        elif self.growth == "linear":
+            text = f"linear {fmt_s(self.initial)} + {fmt_s(self.multiplier)} x (n-1)"
+        else:
+            text = f"exponential {fmt_s(self.initial)} x {self.multiplier:.3g}^(n-1)"
+        if math.isfinite(self.cap):
+            text += f", cap {fmt_s(self.cap)}"
+        if self.floor > 0:
+            text += f", floor {fmt_s(self.floor)}"
+        if self.jitter == "full":
+            text += ", full jitter" + (f" from {fmt_s(self.full_low)}" if self.full_low else "")
+        elif self.jitter == "equal":
+            text += ", equal jitter"
+        elif self.jitter == "additive":
+            text += f", + U(0, {fmt_s(self.jitter_max)}) jitter"
+        if self.jitter != "none" and math.isfinite(self.cap):
+            text += " (cap after jitter)" if self.cap_after_jitter else " (cap before jitter)"
+        return text
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+# -- generic constructors ----------------------------------------------------------------
+
+
+def constant(delay: float, *, jitter: Jitter = "none", jitter_max: float = 0.0) -> BackoffModel:
+    """The same wait before every retry."""
+    return BackoffModel("constant", delay, jitter=jitter, jitter_max=jitter_max)
+
+
+def linear(initial: float, step: float, *, cap: float = math.inf) -> BackoffModel:
+    """``initial + step * (n - 1)``."""
+    return BackoffModel("linear", initial, multiplier=step, cap=cap)
+
+
+def exponential(
+    initial: float,
+    multiplier: float = 2.0,
+    *,
+    cap: float = math.inf,
+    floor: float = 0.0,
+    jitter: Jitter = "none",
+    jitter_max: float = 0.0,
+    cap_after_jitter: bool = False,
+) -> BackoffModel:
+    """``initial * multiplier ** (n - 1)``, clamped, with the given jitter."""
+    return BackoffModel(
+        "exponential",
+        initial,
+        multiplier,
+        cap=cap,
+        floor=floor,
+        jitter=jitter,
+        jitter_max=jitter_max,
+        cap_after_jitter=cap_after_jitter,
+    )
+
+
+def decorrelated(base: float, cap: float = math.inf) -> BackoffModel:
+    """AWS decorrelated jitter: ``min(cap, U(base, 3 * previous))``."""
+    return BackoffModel("exponential", base, 3.0, cap=cap, jitter="decorrelated")
+
+
+# -- the libraries' own strategies -------------------------------------------------------
+
+
+def tenacity_wait_exponential(
+    multiplier: float = 1, max: float = math.inf, exp_base: float = 2, min: float = 0
+) -> BackoffModel:
+    """tenacity ``wait_exponential``: ``clamp(multiplier * exp_base^(n-1), min, max)``."""
+    model = exponential(multiplier, exp_base, cap=max, floor=min)
+    return replace(model, label=f"tenacity wait_exponential: {model._shape()}")
+
+
+def tenacity_wait_random_exponential(
+    multiplier: float = 1, max: float = math.inf, exp_base: float = 2, min: float = 0
+) -> BackoffModel:
+    """tenacity ``wait_random_exponential``: ``U(min, clamp(multiplier * exp_base^(n-1)))``."""
+    model = replace(
+        exponential(multiplier, exp_base, cap=max, floor=min, jitter="full"), full_low=min
+    )
+    return replace(model, label=f"tenacity wait_random_exponential: {model._shape()}")
+
+
+def tenacity_wait_exponential_jitter(
+    multiplier: float = 1,
+    max: float = math.inf,
+    exp_base: float = 2,
+    jitter: float = 1,
+    min: float = 0,
+) -> BackoffModel:
+    """tenacity ``wait_exponential_jitter``: ``clamp(multiplier * base^(n-1) + U(0, jitter))``."""
+    model = exponential(
+        multiplier,
+        exp_base,
+        cap=max,
+        floor=min,
+        jitter="additive",
+        jitter_max=jitter,
+        cap_after_jitter=True,
+    )
+    return replace(model, label=f"tenacity wait_exponential_jitter: {model._shape()}")
+
+
+def backoff_expo(
+    base: float = 2, factor: float = 1, max_value: float | None = None, *, full_jitter: bool = True
+) -> BackoffModel:
+    """backoff ``expo`` (first wait = factor); its default ``full_jitter`` applies after the cap.
+
+    backoff's ``max_time`` may shorten the last wait; this model does not know it.
+    """
+    cap = math.inf if max_value is None else max_value
+    model = exponential(factor, base, cap=cap, jitter="full" if full_jitter else "none")
+    return replace(model, label=f"backoff expo: {model._shape()}")
+
+
+def stamina_default(
+    wait_initial: float = 0.1,
+    wait_max: float = 5.0,
+    wait_jitter: float = 1.0,
+    wait_exp_base: float = 2,
+) -> BackoffModel:
+    """stamina: ``min(wait_max, wait_initial * wait_exp_base^(n-1) + U(0, wait_jitter))``."""
+    model = exponential(
+        wait_initial,
+        wait_exp_base,
+        cap=wait_max,
+        jitter="additive" if wait_jitter else "none",
+        jitter_max=wait_jitter,
+        cap_after_jitter=True,
+    )
+    return replace(model, label=f"stamina: {model._shape()}")
+
+
+# -- fitting: which simple curve do the measurements look like? ------------------------------
+
+
+def fit_simple_model(delays: Sequence[float]) -> BackoffModel | None:
+    """The simplest of constant / exponential (capped or not) / linear that fits *delays*.
+
+    Returns the closest when none fits.
+
+    A fit is accepted when every point is within 10 % (+ 2 ms, less for
+    millisecond curves) of it; simpler
+    shapes win. ``None`` for fewer than two delays.
+    """
+    if len(delays) < 2:
+        return None
+    ns = list(range(1, len(delays) + 1))
+    candidates: list[BackoffModel] = [constant(statistics.median(delays))]
+    if all(d > 0 for d in delays):
+        k, c = _least_squares(ns, [math.log(d) for d in delays])
+        candidates.append(exponential(math.exp(c + k), math.exp(k)))
+        top = max(delays)
+        rising = [(n, d) for n, d in zip(ns, delays, strict=True) if d < 0.95 * top]
+        if len(rising) >= 2 and len(rising) <= len(delays) - 2:  # a plateau: a cap
+            k, c = _least_squares([n for n, _ in rising], [math.log(d) for _, d in rising])
+            candidates.append(exponential(math.exp(c + k), math.exp(k), cap=top))
+    slope, intercept = _least_squares(ns, list(delays))
+    candidates.append(linear(intercept + slope, slope))
+
+    slack = min(0.002, 0.1 * statistics.median(delays))
+
+    def worst(model: BackoffModel) -> float:
+        return max(
+            abs(d - model.band(n)[0]) / (0.1 * abs(model.band(n)[0]) + slack + 1e-12)
+            for n, d in zip(ns, delays, strict=True)
+        )
+
+    for model in candidates:
+        if worst(model) <= 1.0:
+            return model
+    return min(candidates, key=worst)
+
+
+def _least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return 0.0, my
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return slope, my - slope * mx
+
+
+# -- the verdict ---------------------------------------------------------------------------
+
+
+class HasTimelines(Protocol):
+    """Anything that keeps one timeline per logical call (``track()``, the wait recorders)."""
+
+    @property
+    def timelines(self) -> list[Timeline]: ...
+
+
+class BackoffMismatch(VerdictFailed):
+    """The measured retry curve is not the claimed one."""
+
+
+def _band_text(lo: float, hi: float) -> str:
+    return fmt_s(lo) if lo == hi else f"{fmt_s(lo)} .. {fmt_s(hi)}"
+
+
+def expect_backoff(
+    timeline: Timeline,
+    model: BackoffModel,
+    *,
+    attempts: int | None = None,
+    tolerance: Tolerance | float | tuple[float, float] | None = None,
+) -> Verdict:
+    """Assert that *timeline*'s delays follow *model* (and its attempt count is *attempts*).
+
+    Raises :class:`BackoffMismatch` with a table when they do not; returns the
+    passing :class:`Verdict` otherwise. ``tolerance`` defaults to
+    :data:`REAL_TOLERANCE` on the real clock and to exact otherwise; a float
+    means ``±x``, a pair ``(early, late)``.
+    """
+    tol = Tolerance.coerce(tolerance, EXACT if timeline.exact else REAL_TOLERANCE)
+    delays = timeline.delays()
+    expected_retries = (attempts - 1) if attempts is not None else len(delays)
+    rows: list[list[str]] = []
+    bands: list[tuple[float, float]] = []
+    off: list[float | None] = []
+    passed = attempts is None or timeline.count == attempts
+    previous: float | None = None
+    for i in range(max(len(delays), expected_retries)):
+        n = i + 1
+        lo, hi = model.band(n, previous)
+        bands.append((lo, hi))
+        measured = delays[i] if i < len(delays) else None
+        if measured is None:
+            rows.append([str(n + 1), _band_text(lo, hi), "(missing)", "no such attempt", "<--"])
+            off.append(None)
+            continue
+        if i >= expected_retries:
+            rows.append([str(n + 1), "(none: too many)", fmt_s(measured), "extra attempt", "<--"])
+            off.append(None)
+            passed = False
+            previous = measured
+            continue
+        w_lo, w_hi = tol.widen(lo, hi)
+        if measured < w_lo:
+            d: float = measured - lo
+        elif measured > w_hi:
+            d = measured - hi
+        else:
+            d = 0.0
+        off.append(d)
+        ok = d == 0.0
+        passed = passed and ok
+        shown = "ok" if ok else ("+" if d > 0 else "") + fmt_s(d)
+        rows.append([str(n + 1), _band_text(lo, hi), fmt_s(measured), shown, "" if ok else "<--"])
+        previous = measured
+
+    count_text = f"{attempts} attempts" if attempts is not None else f"{timeline.count} attempts"
+    claim = f"{model.describe()}; {count_text}"
+    notes: list[str] = []
+    if attempts is not None and timeline.count != attempts:
+        notes.append(f"expected {attempts} attempts, observed {timeline.count}")
+    clock_text = {
+        "real": "measured on the real clock",
+        "virtual": "virtual clock (exact)",
+        "requested": "exact",
+    }[timeline.clock]
+    notes.append(f"source: {timeline.source or 'timeline'}, {clock_text}")
+    if any(d for d in off) and len(delays) >= 2:
+        fitted = fit_simple_model(delays)
+        if fitted is not None:
+            notes.append(f"the measured delays look like {fitted.describe()}, not {model._shape()}")
+    verdict = Verdict(
+        kind="backoff",
+        claim=claim,
+        passed=passed,
+        expected={"model": model.describe(), "attempts": attempts, "bands": bands},
+        observed={"attempts": timeline.count, "delays": delays},
+        tolerance=str(tol),
+        headers=["attempt", "expected delay", "measured", "off by", ""],
+        rows=rows,
+        notes=notes,
+        data={"clock": timeline.clock, "off_by": off},
+    )
+    return verdict.check(BackoffMismatch)
+
+
+# -- retry amplification ---------------------------------------------------------------------
+
+
+def amplification(
+    source: int | Sequence[Timeline] | HasTimelines, calls: int | None = None
+) -> float:
+    """Attempts reaching the dependency per logical call.
+
+    ``source`` is a count of requests that reached the dependency (then give
+    ``calls``), a list of timelines (one per logical call) or a ``track()``-ed callable.
+    """
+    reached, n_calls, _ = _amplification_counts(source, calls)
+    return reached / n_calls if n_calls else math.inf
+
+
+def _amplification_counts(
+    source: int | Sequence[Timeline] | HasTimelines, calls: int | None
+) -> tuple[int, int, list[int]]:
+    if isinstance(source, int):
+        if calls is None:
+            raise TypeError("amplification(count, calls=...) needs the number of logical calls")
+        return source, calls, []
+    timelines = list(source.timelines) if hasattr(source, "timelines") else list(source)
+    timelines = [t for t in timelines if t.count]
+    per_call = [t.count for t in timelines]
+    return sum(per_call), (calls if calls is not None else len(timelines)), per_call
+
+
+def expect_amplification(
+    source: int | Sequence[Timeline] | HasTimelines,
+    *,
+    at_most: float,
+    calls: int | None = None,
+) -> Verdict:
+    """Assert that retries multiply the load on the dependency by no more than *at_most*."""
+    reached, n_calls, per_call = _amplification_counts(source, calls)
+    figure = reached / n_calls if n_calls else math.inf
+    passed = figure <= at_most + 1e-12
+    rows = [[str(i + 1), str(c)] for i, c in enumerate(per_call)]
+    notes = [f"{reached} attempts reached the dependency for {n_calls} logical calls"]
+    if per_call:
+        notes.append(f"worst single call: {max(per_call)} attempts")
+    verdict = Verdict(
+        kind="amplification",
+        claim=f"retry amplification at most {at_most:g}x (observed {figure:.2f}x)",
+        passed=passed,
+        expected={"at_most": at_most},
+        observed={"amplification": figure, "attempts": reached, "calls": n_calls},
+        headers=["call", "attempts"] if rows else [],
+        rows=rows,
+        notes=notes,
+    )
+    return verdict.check()
