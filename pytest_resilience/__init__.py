@@ -18,6 +18,9 @@ if TYPE_CHECKING:
         VirtualClockError,
         current_clock_kind,
     )
+    from pytest_resilience.fixtures.leaks import (
+        LeakChecker,
+    )
     from pytest_resilience.observe.attempts import (
         Attempt,
         BackoffWaits,
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
         observe_purgatory,
         observe_pybreaker,
     )
+    from pytest_resilience.observe.resources import (
+        plugin_service,
+        register_service,
+    )
     from pytest_resilience.verdicts.backoff import (
         BackoffMismatch,
         BackoffModel,
@@ -55,6 +62,12 @@ if TYPE_CHECKING:
         Tolerance,
         Verdict,
         VerdictFailed,
+    )
+    from pytest_resilience.verdicts.leaks import (
+        Leak,
+        LeakOptions,
+        LeakVerdict,
+        ResourceLeakWarning,
     )
     from pytest_resilience.verdicts.timeout import (
         LoopLagProbe,
@@ -76,8 +89,13 @@ __all__ = [
     "ClockReport",
     "ConfigError",
     "ConformanceReport",
+    "Leak",
+    "LeakChecker",
+    "LeakOptions",
+    "LeakVerdict",
     "LoopLagProbe",
     "ResilienceError",
+    "ResourceLeakWarning",
     "ServiceError",
     "StaminaWaits",
     "TenacityWaits",
@@ -109,12 +127,21 @@ __all__ = [
     "observe_circuitbreaker",
     "observe_purgatory",
     "observe_pybreaker",
+    "plugin_service",
+    "register_service",
     "track",
 ]
 
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
+    "LeakChecker": "pytest_resilience.fixtures.leaks",
+    "plugin_service": "pytest_resilience.observe.resources",
+    "register_service": "pytest_resilience.observe.resources",
+    "Leak": "pytest_resilience.verdicts.leaks",
+    "LeakOptions": "pytest_resilience.verdicts.leaks",
+    "LeakVerdict": "pytest_resilience.verdicts.leaks",
+    "ResourceLeakWarning": "pytest_resilience.verdicts.leaks",
     "Attempt": "pytest_resilience.observe.attempts",
     "BackoffWaits": "pytest_resilience.observe.attempts",
     "StaminaWaits": "pytest_resilience.observe.attempts",

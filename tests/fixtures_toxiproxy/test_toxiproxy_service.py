@@ -49,7 +49,8 @@ def refused(url: str) -> bool:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A reset: the connection hit a listener that was closing as the server died.
         return True
     return False
 
