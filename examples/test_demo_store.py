@@ -1,7 +1,7 @@
 """Demo (main job): the article store's query timeout, checked against a stalled network.
 
-Claim: "every query has a 0.5 s timeout; a stalled query fails on time, the event loop
-keeps serving, and the pool recovers once the network is back."
+Claims: "every query has a 0.5 s timeout; a stalled query fails on time, the event loop
+keeps serving, and the pool recovers once the network is back"; "no connection leaks".
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from content_service.store import ArticleStore
 
 from pytest_resilience import expect_timeout
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.no_leaks]
 
 
 async def test_queries_work_through_the_proxy(pg_proxy):

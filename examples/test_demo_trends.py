@@ -2,7 +2,7 @@
 
 Claims: "transient failures are retried 3 times, 50 ms then 100 ms apart"; "after 5
 failed calls the breaker opens and calls fail fast for 60 s, then one trial decides";
-"while the API is down, the last good answer is served".
+"while the API is down, the last good answer is served"; "sessions are closed".
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from content_service.trends import BREAKER_RESET_TIMEOUT, RETRY_ATTEMPTS, Trends
 
 from pytest_resilience import expect_backoff, expect_transitions, from_requests, observe_pybreaker
 from pytest_resilience.verdicts import backoff as models
+
+pytestmark = pytest.mark.no_leaks
 
 
 def test_transient_errors_are_retried(http_backend):
