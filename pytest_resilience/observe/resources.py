@@ -674,6 +674,38 @@ def library_cache_fds() -> set[int]:
             fd = getattr(server, name, None)
             if isinstance(fd, int):
                 fds.add(fd)
+    fds |= _default_loop_fds()
+    return fds
+
+
+def _default_loop_fds() -> set[int]:
+    """fds of the event loop asyncio's policy keeps as this thread's default loop.
+
+    ``asyncio.get_event_loop()`` creates it on first call and the policy holds it for
+    the thread's lifetime (pytest-asyncio < 1.5 calls it while setting up a test), so
+    its self-pipe and selector are a per-thread cache, not something the test leaked.
+    """
+    events = sys.modules.get("asyncio.events")
+    policy = getattr(events, "_event_loop_policy", None) if events is not None else None
+    loop = getattr(getattr(policy, "_local", None), "_loop", None)
+    if loop is None or loop.is_closed() or loop.is_running():
+        return set()
+    fds: set[int] = set()
+    for name in ("_ssock", "_csock"):
+        sock = getattr(loop, name, None)
+        fileno = getattr(sock, "fileno", None)
+        if callable(fileno):
+            with contextlib.suppress(OSError, ValueError):
+                fd = fileno()
+                if isinstance(fd, int) and fd >= 0:
+                    fds.add(fd)
+    selector = getattr(loop, "_selector", None)
+    fileno = getattr(selector, "fileno", None)
+    if callable(fileno):
+        with contextlib.suppress(OSError, ValueError):
+            fd = fileno()
+            if isinstance(fd, int) and fd >= 0:
+                fds.add(fd)
     return fds
 
 
