@@ -432,10 +432,40 @@ class Connection:
         }
 
 
-class ClientSide(asyncio.Protocol):
+class _Side(asyncio.Protocol):
+    """What both ends of a proxied connection do with the bytes they read: feed them
+    into their link's toxic chain (or straight through while the chain is empty)."""
+
+    __slots__ = ("conn", "link")
+
+    conn: Connection
+    link: Link
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        seen = link.bytes_in
+        link.bytes_in = seen + len(data)
+        if not seen:
+            link.first_byte()
+        direct = link.direct
+        if direct is not None:
+            direct.write(data)
+            link.bytes_out += len(data)
+        else:
+            link.head.feed(data, time.monotonic())
+
+    def eof_received(self) -> bool:
+        self.conn.source_eof(self.link)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.transport_lost(self.link, exc)
+
+
+class ClientSide(_Side):
     """Protocol of an accepted client socket (source of the upstream link)."""
 
-    __slots__ = ("conn", "link", "proxy")
+    __slots__ = ("proxy",)
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -450,26 +480,6 @@ class ClientSide(asyncio.Protocol):
         self.proxy.connection_opened(self.conn)
         self.conn.start()
 
-    def data_received(self, data: bytes) -> None:
-        link = self.link
-        seen = link.bytes_in
-        link.bytes_in = seen + len(data)
-        if not seen:
-            link.first_byte()
-        direct = link.direct
-        if direct is not None:
-            direct.write(data)
-            link.bytes_out += len(data)
-        else:
-            link.head.feed(data, time.monotonic())
-
-    def eof_received(self) -> bool:
-        self.conn.source_eof(self.link)
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.transport_lost(self.link, exc)
-
     def pause_writing(self) -> None:
         self.conn.down.set_writer_paused(True)
 
@@ -477,10 +487,10 @@ class ClientSide(asyncio.Protocol):
         self.conn.down.set_writer_paused(False)
 
 
-class UpstreamSide(asyncio.Protocol):
+class UpstreamSide(_Side):
     """Protocol of the dialled upstream socket (source of the downstream link)."""
 
-    __slots__ = ("conn", "link")
+    __slots__ = ()
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -490,26 +500,6 @@ class UpstreamSide(asyncio.Protocol):
         # uvloop transports are not asyncio.Transport subclasses, but quack alike.
         transport = cast("asyncio.Transport", base)
         self.conn.upstream_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        link = self.link
-        seen = link.bytes_in
-        link.bytes_in = seen + len(data)
-        if not seen:
-            link.first_byte()
-        direct = link.direct
-        if direct is not None:
-            direct.write(data)
-            link.bytes_out += len(data)
-        else:
-            link.head.feed(data, time.monotonic())
-
-    def eof_received(self) -> bool:
-        self.conn.source_eof(self.link)
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.transport_lost(self.link, exc)
 
     def pause_writing(self) -> None:
         self.conn.up.set_writer_paused(True)
