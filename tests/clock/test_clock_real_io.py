@@ -18,6 +18,7 @@ import pytest
 from pytest_resilience.clock import VirtualClock
 
 DELAY = 0.2  # the server answers 200 ms (real time) after the request
+SELECT_SLACK = 0.02  # real time spent outside select(), which virtual time does not count
 
 
 @pytest.fixture
@@ -70,8 +71,11 @@ async def test_a_pending_real_read_is_not_jumped_over(
     began = time.monotonic()
     assert await asyncio.wait_for(_ask(*slow_tcp_server), timeout=1) == b"pong\n"
     waited = time.monotonic() - began
-    assert DELAY <= waited < 1  # virtual time followed real time while the read was pending
-    assert virtual_clock.real_io_wait >= DELAY
+    # Virtual time follows real time while the loop waits in select() for the read; time
+    # the loop spends outside select() (callbacks, a busy CPU) is not added, so under
+    # load it can lag real time by a few milliseconds: hence the explicit tolerance.
+    assert DELAY - SELECT_SLACK <= waited < 1
+    assert virtual_clock.real_io_wait >= DELAY - SELECT_SLACK
 
 
 @pytest.mark.asyncio
