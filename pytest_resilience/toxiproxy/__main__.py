@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         {"ok": True, "host": args.host, "port": port, "pid": os.getpid(), "seed": engine.seed},
     )
     logger.info("API HTTP server listening url=http://%s:%d pid=%d", args.host, port, os.getpid())
+    # Everything imported and built so far lives as long as the process: move it out of
+    # the collector's way, so a full collection cannot stall a latency toxic's timer.
+    gc.freeze()
     try:
         loop.run_forever()
     finally:
