@@ -13,15 +13,13 @@ def test_autoloaded_fixtures_are_listed(pytester: pytest.Pytester) -> None:
     assert result.ret == 0
 
 
-def test_dash_p_loads_the_plugin_without_autoload(pytester: pytest.Pytester) -> None:
+def test_dash_p_loads_the_plugin_without_autoload(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile("def test_ok(postgres_db):\n    assert postgres_db.dbname\n")
-    monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    try:
-        missing = pytester.runpytest_subprocess("-q", timeout=60)
-        loaded = pytester.runpytest_subprocess("-q", "-p", "pytest_resilience", timeout=60)
-    finally:
-        monkeypatch.undo()
+    missing = pytester.runpytest_subprocess("-q", timeout=60)
+    loaded = pytester.runpytest_subprocess("-q", "-p", "pytest_resilience", timeout=60)
     missing.stdout.fnmatch_lines(["*fixture 'postgres_db' not found*"])
     loaded.assert_outcomes(passed=1)
 
