@@ -79,7 +79,11 @@ paths = st.one_of(
     segment.map(lambda p: f"/proxies/{p}"),
     segment.map(lambda p: f"/proxies/{p}/toxics"),
     st.tuples(segment, segment).map(lambda t: f"/proxies/{t[0]}/toxics/{t[1]}"),
-    st.text(alphabet="abc/%.?=&", max_size=20).map(lambda p: "/" + p),
+    # httpx reads a path starting with "//" as a network-path reference and refuses to
+    # send it, so such paths never reach the engine through this client: leave them out.
+    st.text(alphabet="abc/%.?=&", max_size=20)
+    .map(lambda p: "/" + p)
+    .filter(lambda p: not p.startswith("//")),
 )
 methods = st.sampled_from(["GET", "POST", "PATCH", "DELETE", "PUT", "HEAD", "OPTIONS"])
 
