@@ -228,7 +228,29 @@ class Stage:
         return sum(len(item) for _, item in self.q if type(item) is bytes)
 
 
-class LatencyStage(Stage):
+class _PumpStage(Stage):
+    """A stage that queues what it is fed and releases it from :meth:`pump`, with at most
+    one timer armed (``self.timer``); ``_on_timer`` is the usual callback for it."""
+
+    __slots__ = ()
+
+    def on_item(self, item: Item, ts: float) -> None:
+        self.enqueue(item, ts)
+        if self.timer is None:
+            self.pump()
+
+    def pump(self) -> None:
+        raise NotImplementedError
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self.pump()
+
+    def start(self) -> None:
+        self.pump()
+
+
+class LatencyStage(_PumpStage):
     __slots__ = ("head_deadline",)
 
     def __init__(self, link: Link, cfg: ToxicConfig) -> None:
@@ -242,11 +264,6 @@ class LatencyStage(Stage):
         if jitter > 0:
             delay += self.link.conn.rng().randrange(2 * jitter) - jitter
         return delay / 1000.0
-
-    def on_item(self, item: Item, ts: float) -> None:
-        self.enqueue(item, ts)
-        if self.timer is None:
-            self.pump()
 
     def pump(self) -> None:
         q = self.q
@@ -264,13 +281,6 @@ class LatencyStage(Stage):
             self.head_deadline = None
             self.next.feed(item, max(ts, deadline))
 
-    def _on_timer(self) -> None:
-        self.timer = None
-        self.pump()
-
-    def start(self) -> None:
-        self.pump()
-
     def interrupt(self) -> None:
         super().interrupt()
         self.head_deadline = None
@@ -280,7 +290,7 @@ class LatencyStage(Stage):
             self.next.feed(item, ts)
 
 
-class BandwidthStage(Stage):
+class BandwidthStage(_PumpStage):
     __slots__ = ("charged", "sleep", "wait_start")
 
     def __init__(self, link: Link, cfg: ToxicConfig) -> None:
@@ -288,11 +298,6 @@ class BandwidthStage(Stage):
         self.sleep = 0.0
         self.charged = False
         self.wait_start = 0.0
-
-    def on_item(self, item: Item, ts: float) -> None:
-        self.enqueue(item, ts)
-        if self.timer is None:
-            self.pump()
 
     def pump(self) -> None:
         rate = self.cfg.attr("rate")
@@ -442,7 +447,7 @@ class ResetPeerStage(Stage):
         super().remove()
 
 
-class SlicerStage(Stage):
+class SlicerStage(_PumpStage):
     __slots__ = ("pieces",)
 
     def __init__(self, link: Link, cfg: ToxicConfig) -> None:
@@ -467,11 +472,6 @@ class SlicerStage(Stage):
             stack.append((mid, end))
             stack.append((start, mid))
         return pieces
-
-    def on_item(self, item: Item, ts: float) -> None:
-        self.enqueue(item, ts)
-        if self.timer is None:
-            self.pump()
 
     def pump(self) -> None:
         delay = self.cfg.attr("delay") / 1e6
@@ -499,13 +499,6 @@ class SlicerStage(Stage):
             if delay > 0:
                 self.arm(delay, self._on_timer)
                 return
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        self.pump()
-
-    def start(self) -> None:
-        self.pump()
 
     def interrupt(self) -> None:
         super().interrupt()
