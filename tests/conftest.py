@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
 
@@ -19,3 +24,44 @@ def _quiet_inner_pytest_runs(
         # Under xdist the outer worker's id would leak into the inner runs.
         for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"):
             monkeypatch.delenv(name, raising=False)
+
+
+class OtherAccount:
+    """Runs stdlib-only Python code as another local account (``nobody``)."""
+
+    def __init__(self, python: str, uid: int, gid: int, name: str) -> None:
+        self.python = python
+        self.uid = uid
+        self.gid = gid
+        self.name = name
+
+    def run(self, code: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.python, "-I", "-c", code], capture_output=True, text=True,
+            timeout=timeout, user=self.uid, group=self.gid, extra_groups=[], cwd="/",
+            env={"PATH": "/usr/bin:/bin"}, check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def other_account() -> OtherAccount:
+    """Another local account to attack the plugin's services from (skipped, with the
+    reason, where this process cannot act as one)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("acting as another local account needs root (run the suite as root)")
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no 'nobody' account to act as")
+    for python in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
+        if not python:
+            continue
+        account = OtherAccount(python, entry.pw_uid, entry.pw_gid, "nobody")
+        try:
+            if account.run("print('ok')", timeout=30).stdout.strip() == "ok":
+                return account
+        except (OSError, subprocess.SubprocessError):
+            continue
+    pytest.skip("no Python interpreter the 'nobody' account can run")

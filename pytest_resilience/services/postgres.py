@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -76,13 +77,23 @@ SERVER_SETTINGS: tuple[tuple[str, str], ...] = (
     ("max_wal_size", "1GB"),
     ("logging_collector", "off"),
     ("log_min_messages", "warning"),
+    ("password_encryption", "scram-sha-256"),
 )
+#: Who may connect how. Written into every cluster at start (never trusted from the
+#: cache): the unix socket lives in a 0700 directory only this account (and root) can
+#: enter; TCP - which every local account reaches - needs the per-session password.
+PG_HBA = """\
+# pytest-resilience: written at start, see 'Security' in the README
+local   all   all                  trust
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
 INITDB_ARGS: tuple[str, ...] = (
-    "-A", "trust", "--no-sync", "-E", "UTF8", "--no-locale", "-U", "postgres",
-    "--wal-segsize=1",
+    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8",
+    "--no-locale", "-U", "postgres", "--wal-segsize=1",
 )
 #: Bump when the cached data directory layout or initdb arguments change.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 PORT_ATTEMPTS = 5
@@ -214,7 +225,8 @@ class PostgresServer:
     dbname: str
     version: str
     mode: str
-    password: str | None = None
+    #: Never shown in ``repr`` (tracebacks, ``--showlocals``); the DSNs carry it.
+    password: str | None = field(default=None, repr=False)
     unix_socket: str | None = None
     _stop: Any = field(default=None, repr=False)
     _admin: Any = field(default=None, repr=False)
@@ -497,8 +509,10 @@ def _prepare_data_dir(
     cached = root / _cache_key(binaries)
     if (cached / "PG_VERSION").is_file():
         _copy_tree(cached, data)
+        _write_hba(data, run_as)
         return data, True
     _initdb(binaries, data, run_as)
+    _write_hba(data, run_as)
     with contextlib.suppress(OSError, ServiceError):
         # Fill the cache atomically: private name first, then rename.
         root.mkdir(parents=True, exist_ok=True)
@@ -512,6 +526,35 @@ def _prepare_data_dir(
         except OSError:  # another process filled it first
             shutil.rmtree(tmp, ignore_errors=True)
     return data, False
+
+
+def _write_hba(data: Path, run_as: _RunAs) -> None:
+    """Put our access rules in place, whatever the cached copy held."""
+    hba = data / "pg_hba.conf"
+    hba.unlink(missing_ok=True)
+    fd = os.open(hba, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(PG_HBA)
+    run_as.chown(hba)
+
+
+def _set_session_password(server: PostgresServer) -> None:
+    """Give the superuser a fresh random password for this session, over the unix
+    socket. Only its SCRAM verifier reaches the server (not the log, not the cache);
+    until it is set the role has no password, so TCP logins fail rather than pass."""
+    from psycopg import sql
+
+    password = secrets.token_urlsafe(24)
+    admin = server._admin_conn()
+    verifier = admin.pgconn.encrypt_password(
+        password.encode(), server.user.encode(), b"scram-sha-256"
+    )
+    admin.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(server.user), sql.Literal(verifier.decode())
+        )
+    )
+    server.password = password
 
 
 def _temp_root() -> str | None:
@@ -660,6 +703,12 @@ def _start_local(
                     version=binaries.version, mode="local", unix_socket=str(sock),
                     _stop=keeper.stop,
                 )
+                try:
+                    _set_session_password(server)
+                except BaseException:
+                    server.close()
+                    raise
+                timings["password"] = time.perf_counter() - t0
                 return server, timings
             tail = _log_tail(log)
         except BaseException:
@@ -727,14 +776,16 @@ def start_docker(image: str = "postgres:15-alpine") -> PostgresServer:
     """Start Postgres in a container through testcontainers."""
     from testcontainers.postgres import PostgresContainer
 
-    container = PostgresContainer(image, username="postgres", password="postgres",
+    # Docker publishes the port on every interface: a random password, not a known one.
+    password = secrets.token_urlsafe(24)
+    container = PostgresContainer(image, username="postgres", password=password,
                                   dbname="postgres")
     container.start()
     try:
         server = PostgresServer(
             host=container.get_container_host_ip(),
             port=int(container.get_exposed_port(5432)),
-            user="postgres", dbname="postgres", password="postgres",
+            user="postgres", dbname="postgres", password=password,
             version=image.split(":")[-1], mode="docker", _stop=container.stop,
         )
         with server.connect() as conn:

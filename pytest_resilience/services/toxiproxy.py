@@ -430,8 +430,9 @@ class PgProxy(Proxy):
     ``dsn`` connects through the proxy (faults apply), ``direct_dsn`` bypasses it.
     """
 
-    dsn: str = field(default="", kw_only=True)
-    direct_dsn: str = field(default="", kw_only=True)
+    # The DSNs carry the session password: kept out of repr (tracebacks, --showlocals).
+    dsn: str = field(default="", kw_only=True, repr=False)
+    direct_dsn: str = field(default="", kw_only=True, repr=False)
     dbname: str = field(default="", kw_only=True)
     user: str = field(default="", kw_only=True)
 

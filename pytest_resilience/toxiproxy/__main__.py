@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--proxy-metrics", action="store_true", help="accepted; /metrics is always on"
     )
+    parser.add_argument(
+        "--allow-remote-listen", action="store_true",
+        help="let proxies listen on non-loopback addresses (default: loopback only; "
+        "anything else is refused with 400)",
+    )
     parser.add_argument("--runtime-metrics", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=_fd, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--parent-fd", type=_fd, default=None, help=argparse.SUPPRESS)
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     loop = new_event_loop()
-    engine = Engine(loop, args.seed)
+    engine = Engine(loop, args.seed, allow_remote_listen=args.allow_remote_listen)
     try:
         port = loop.run_until_complete(engine.start(args.host, args.port, config))
     except (ConfigError, ServiceError, OSError) as exc:

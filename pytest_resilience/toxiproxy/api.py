@@ -46,6 +46,7 @@ from pytest_resilience.toxiproxy.proxy import (
     ListenError,
     Proxy,
     ProxyCollection,
+    check_listen,
     resolve_listen,
     resolved_string,
 )
@@ -262,6 +263,8 @@ class Api:
         listen = fields.get("listen", proxy.listen)
         upstream = fields.get("upstream", proxy.upstream)
         enabled = fields.get("enabled", proxy.enabled)
+        if enabled:
+            await check_listen(self.collection, listen)
         host, port = await resolve_listen(self.collection.loop, listen)
         if resolved_string(host, port) != proxy.listen or upstream != proxy.upstream:
             proxy.stop("proxy restarted")

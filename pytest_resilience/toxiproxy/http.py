@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,7 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.idle: asyncio.TimerHandle | None = None
         self.continue_sent = False
+        self.refused: str | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,6 +105,8 @@ class HttpProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.server.authorize is not None:
+                self.refused = self.server.authorize(sock)
         self.server.connections.add(self)
         self._arm_idle()
 
@@ -165,6 +169,13 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(error)
             return
         if request is None:
+            return
+        if self.refused is not None and self.transport is not None:
+            # Toxiproxy's error shape, so every client shows the reason.
+            body = json.dumps({"error": self.refused, "status": 403}).encode()
+            self.transport.write(render(Response(403, body, "application/json"), close=True))
+            self.buffer.clear()
+            self.close()
             return
         self.busy = True
         self.continue_sent = False
@@ -316,9 +327,15 @@ class HttpProtocol(asyncio.Protocol):
 class HttpServer:
     """Serves ``handler`` on an already bound listening socket."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, handler: Handler) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, handler: Handler,
+        authorize: Callable[[socket.socket], str | None] | None = None,
+    ) -> None:
         self.loop = loop
         self.handler = handler
+        #: Called once per accepted connection: None lets it in, a message refuses
+        #: its requests with ``403`` and that message.
+        self.authorize = authorize
         self.connections: set[HttpProtocol] = set()
         self.server: asyncio.AbstractServer | None = None
         self.closing = False

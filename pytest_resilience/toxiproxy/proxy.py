@@ -106,6 +106,38 @@ async def resolve_listen(loop: asyncio.AbstractEventLoop, address: str) -> tuple
     raise ListenError(f"lookup {host}: no such host")
 
 
+REMOTE_LISTEN_HELP = (
+    "the built-in engine listens only on loopback addresses (127.0.0.0/8, ::1, "
+    "localhost), so nothing it proxies is reachable from other machines; start it with "
+    "--allow-remote-listen (python -m pytest_resilience.toxiproxy) or "
+    "allow_remote_listen=True to allow other addresses"
+)
+
+
+def refuse_remote(host: str, shown: str) -> None:
+    """Raise a 400 :class:`ApiError` unless ``host`` (resolved) is a loopback address."""
+    if host not in WILDCARDS:
+        try:
+            if ipaddress.ip_address(host.split("%", 1)[0]).is_loopback:
+                return
+        except ValueError:
+            pass
+    raise ApiError(400, f"listen address {shown} is not a loopback address: {REMOTE_LISTEN_HELP}")
+
+
+async def check_listen(collection: ProxyCollection, listen: str) -> None:
+    """Refuse a non-loopback ``listen`` before a running proxy is stopped for it; an
+    address that does not resolve is left to the bind, which reports it as Toxiproxy does.
+    A disabled proxy may keep any ``listen``: it is checked when it is enabled."""
+    if collection.allow_remote_listen:
+        return
+    try:
+        host, _ = await resolve_listen(collection.loop, listen)
+    except ListenError:
+        return
+    refuse_remote(host, listen or ":0")
+
+
 def resolved_string(host: str, port: int) -> str:
     return _format(host or None, port)
 
@@ -220,6 +252,8 @@ class Proxy:
         except ListenError as exc:
             raise ListenError(f"listen tcp: {exc}") from None
         shown = resolved_string(host, port)
+        if not self.collection.allow_remote_listen:
+            refuse_remote(host, self.listen or shown)
         sock = _bind(host, port, shown)
         try:
             self.server = await self.loop.create_server(
@@ -285,8 +319,13 @@ class Proxy:
 class ProxyCollection:
     """All proxies of one engine, plus engine-wide state shared by them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, events: EventLog, seed: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, events: EventLog, seed: int,
+        *, allow_remote_listen: bool = False,
+    ) -> None:
         self.loop = loop
+        #: False: proxies may listen on loopback addresses only (400 otherwise).
+        self.allow_remote_listen = allow_remote_listen
         self.events = events
         self.seed = seed
         self.proxies: dict[str, Proxy] = {}
@@ -322,6 +361,8 @@ class ProxyCollection:
     async def add_or_replace(
         self, name: str, listen: str, upstream: str, enabled: bool
     ) -> Proxy:
+        if enabled:  # refuse before the running proxy is stopped
+            await check_listen(self, listen)
         existing = self.proxies.get(name)
         if existing is not None:
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from pytest_resilience.errors import ConfigError, ServiceError
+from pytest_resilience.services.peers import PeerPolicy
 from pytest_resilience.toxiproxy.api import TOXIPROXY_VERSION, Api
 from pytest_resilience.toxiproxy.events import EventLog
 from pytest_resilience.toxiproxy.http import HttpServer, Request
@@ -73,6 +75,15 @@ def read_config(config: str | Path | None) -> bytes | None:
     return data
 
 
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _bind_api(host: str, port: int) -> socket.socket:
     family: int
     if host in ("", "0.0.0.0", "::"):
@@ -102,11 +113,16 @@ def _bind_api(host: str, port: int) -> socket.socket:
 class Engine:
     """The engine on one event loop: API server + proxies + event log."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, seed: int | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, seed: int | None = None,
+        *, allow_remote_listen: bool = False,
+    ) -> None:
         self.loop = loop
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
         self.events = EventLog()
-        self.collection = ProxyCollection(loop, self.events, self.seed)
+        self.collection = ProxyCollection(
+            loop, self.events, self.seed, allow_remote_listen=allow_remote_listen
+        )
         self.api = Api(self.collection, self.events)
         self.http = HttpServer(loop, self.api.handle)
         self.host = ""
@@ -115,6 +131,12 @@ class Engine:
 
     async def start(self, host: str, port: int, config: bytes | None = None) -> int:
         sock = _bind_api(host, port)
+        # Other local accounts are refused (403); peers from other machines can only
+        # arrive when the API was told to listen beyond loopback.
+        self.http.authorize = PeerPolicy(
+            "the Toxiproxy API of this pytest-resilience engine",
+            remote_ok=not _is_loopback_host(host),
+        ).refusal
         try:
             await self.http.start(sock)
         except BaseException:
@@ -237,8 +259,11 @@ def start_thread(
     *,
     seed: int | None = None,
     config: str | Path | None = None,
+    allow_remote_listen: bool = False,
 ) -> EngineHandle:
-    """Run the engine on its own event loop in a background (non-daemon) thread."""
+    """Run the engine on its own event loop in a background (non-daemon) thread.
+
+    Proxies may listen on loopback addresses only unless ``allow_remote_listen``."""
     config_bytes = read_config(config)
     ready = threading.Event()
     box: dict[str, Any] = {}
@@ -247,7 +272,7 @@ def start_thread(
         loop = new_event_loop()
         engine: Engine | None = None
         try:
-            engine = Engine(loop, seed)
+            engine = Engine(loop, seed, allow_remote_listen=allow_remote_listen)
             box["port"] = loop.run_until_complete(engine.start(host, port, config_bytes))
             box["engine"] = engine
         except BaseException as exc:
@@ -314,8 +339,11 @@ def start_process(
     seed: int | None = None,
     config: str | Path | None = None,
     startup_timeout: float = 10.0,
+    allow_remote_listen: bool = False,
 ) -> EngineHandle:
-    """Run the engine as ``python -m pytest_resilience.toxiproxy`` in a child process."""
+    """Run the engine as ``python -m pytest_resilience.toxiproxy`` in a child process.
+
+    Proxies may listen on loopback addresses only unless ``allow_remote_listen``."""
     if config is not None:
         read_config(config)  # fail fast, in the caller, with a clear error
     ready_r, ready_w = os.pipe()
@@ -332,6 +360,8 @@ def start_process(
         cmd += ["--seed", str(seed)]
     if config is not None:
         cmd += ["--config", str(config)]
+    if allow_remote_listen:
+        cmd.append("--allow-remote-listen")
     env = dict(os.environ)
     root = _package_root()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

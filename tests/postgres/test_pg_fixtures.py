@@ -16,7 +16,10 @@ def test_server_attributes(postgres: PostgresServer) -> None:
     assert postgres.host == "127.0.0.1"
     assert 0 < postgres.port < 65536
     assert postgres.user == "postgres"
-    assert postgres.dsn == f"postgresql://postgres@127.0.0.1:{postgres.port}/postgres"
+    assert postgres.password  # the local cluster needs one on TCP
+    assert postgres.dsn == (
+        f"postgresql://postgres:{postgres.password}@127.0.0.1:{postgres.port}/postgres"
+    )
     assert postgres.version.split(".")[0].isdigit()
     if postgres.mode == "local":
         assert postgres.unix_socket is not None

@@ -243,6 +243,17 @@ def api(toxiproxy_api_url: str) -> Iterator[Api]:
 
 
 @pytest.fixture
+def remote_listen_api() -> Iterator[Api]:
+    """A built-in engine started with ``allow_remote_listen=True``."""
+    with start_thread(seed=1234, allow_remote_listen=True) as handle:
+        client = Api(handle.url)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+@pytest.fixture
 def builtin_api(builtin_engine: EngineHandle) -> Iterator[Api]:
     client = Api(builtin_engine.url)
     try:

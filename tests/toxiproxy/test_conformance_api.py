@@ -58,7 +58,14 @@ def test_create_proxy_resolves_listen(api: Any, echo_server: Any) -> None:
     assert list(body)[:4] == ["name", "listen", "upstream", "enabled"]
 
 
-def test_empty_listen_binds_all_interfaces(api: Any, echo_server: Any) -> None:
+def test_empty_listen_binds_all_interfaces(
+    api: Any, echo_server: Any, is_builtin: bool, request: pytest.FixtureRequest
+) -> None:
+    if is_builtin:
+        # Deliberate difference: by default the built-in engine refuses non-loopback
+        # listeners (tests/toxiproxy/test_engine_security.py); with the option it binds
+        # all interfaces as toxiproxy-server does.
+        api = request.getfixturevalue("remote_listen_api")
     name = api.name()
     response = api.post("/proxies", json={"name": name, "upstream": echo_server.address})
     assert response.status_code == 201
