@@ -85,6 +85,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pytest_resilience.errors import ResilienceError
+from pytest_resilience.services.registry import owned as _owned
 
 if TYPE_CHECKING:
     import asyncio
@@ -127,15 +128,11 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     "psycopg_c",
     "pytest_resilience.clock",
     "pytest_resilience.fixtures",
-    # service lifecycles and real-blocking waits; the in-process respx fake
-    # (pytest_resilience.services.http_respx) is deliberately *not* listed: it is
-    # the fully virtual path
-    "pytest_resilience.services.postgres",
-    "pytest_resilience.services.docker",
-    "pytest_resilience.services.toxiproxy",
-    "pytest_resilience.services.http_backend",
-    "pytest_resilience.services.http_routes",
-    "pytest_resilience.toxiproxy",
+    # Plugin services (Postgres, Toxiproxy, HTTP backends...) are not listed here: each
+    # declares its modules in the ownership registry when it starts
+    # (pytest_resilience.services.registry), and the clock reads that. The in-process
+    # respx fake (pytest_resilience.services.http_respx) declares none: it is the fully
+    # virtual path.
 )
 
 _NS = 1_000_000_000
@@ -453,6 +450,7 @@ class VirtualClock:
         self._start_arg = start
         self._ignore = tuple(DEFAULT_IGNORE) + tuple(ignore)
         self._ignore_cache: dict[str, bool] = {}
+        self._owned_version = -1
         self._thread_id = -1
         self._lock = threading.Lock()
         self._elapsed_ns = 0
@@ -715,6 +713,9 @@ class VirtualClock:
     def _controls(self, frame: types.FrameType) -> bool:
         if threading.get_ident() != self._thread_id:
             return False
+        if _owned.version != self._owned_version:  # a service declared more modules
+            self._owned_version = _owned.version
+            self._ignore_cache.clear()
         name = frame.f_globals.get("__name__") or ""
         ignored = self._ignore_cache.get(name)
         if ignored is None:
@@ -723,7 +724,9 @@ class VirtualClock:
         return not ignored
 
     def _is_ignored(self, module: str) -> bool:
-        return any(module == p or module.startswith(p + ".") for p in self._ignore)
+        return _owned.owns_module(module) or any(
+            module == p or module.startswith(p + ".") for p in self._ignore
+        )
 
     def _note(
         self, source: str, frame: types.FrameType | None, *, controlled: bool = True

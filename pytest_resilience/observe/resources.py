@@ -32,8 +32,10 @@ import tracemalloc
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from pytest_resilience.services import registry as _registry
 
 __all__ = [
     "SERVICE_THREAD_PREFIX",
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 #: Threads whose name starts with this belong to the plugin's own services.
-SERVICE_THREAD_PREFIX = "pytest-resilience"
+SERVICE_THREAD_PREFIX = _registry.MARK
 #: Also accepted for thread names (``resilience-http-engine``...).
 SERVICE_THREAD_PREFIXES = (SERVICE_THREAD_PREFIX, "resilience-")
 #: Unix sockets under a path containing this belong to plugin services.
@@ -361,7 +363,8 @@ class Tracker:
         origin = capture_stack(skip=2)
         type_name = type(obj).__module__.split(".")[0] + "." + type(obj).__qualname__
         owned = _is_owned(obj, origin)
-        plugin = _plugin_service.get()
+        # the plugin's own: made inside plugin_service(), or on a thread a service declared
+        plugin = _plugin_service.get() or service_registry.owns_thread(threading.current_thread())
         owner = _pool_owner() if kind == "socket" else None
         key = id(obj)
 
@@ -475,42 +478,17 @@ def is_closed(obj: object) -> bool | None:
 # plugin services (excluded from leak verdicts)
 
 
-@dataclass
-class ServiceRegistry:
-    """Ports, unix socket paths and pids of the plugin's own services.
-
-    Services started by pytest-resilience (Postgres, Toxiproxy, fake HTTP
-    backends) register here; sockets with one of these ports as local or peer
-    port, unix sockets under these paths and these child processes are never
-    reported as leaks (a leaked *client* connection to a service is judged by
-    the session and Postgres checks instead).
-    """
-
-    ports: set[int] = field(default_factory=set)
-    paths: set[str] = field(default_factory=set)
-    pids: set[int] = field(default_factory=set)
-
-    def owns_address(self, address: object) -> bool:
-        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
-            return address[1] in self.ports
-        if isinstance(address, (str, bytes)):
-            text = address.decode(errors="replace") if isinstance(address, bytes) else address
-            if not text:
-                return False
-            return SERVICE_PATH_MARK in text or any(text.startswith(p) for p in self.paths)
-        return False
-
-
-service_registry = ServiceRegistry()
+#: The plugin's own resources (:mod:`pytest_resilience.services.registry`).
+ServiceRegistry = _registry.Ownership
+service_registry = _registry.owned
 
 
 def register_service(
     *, ports: Iterable[int] = (), paths: Iterable[str] = (), pids: Iterable[int] = ()
 ) -> None:
-    """Declare a plugin service so the leak check never blames a test for it."""
-    service_registry.ports.update(int(p) for p in ports)
-    service_registry.paths.update(str(p) for p in paths)
-    service_registry.pids.update(int(p) for p in pids)
+    """Declare a plugin service so the leak check never blames a test for it (same as
+    :func:`pytest_resilience.services.registry.declare`)."""
+    _registry.declare(ports=ports, paths=paths, pids=pids)
 
 
 # ---------------------------------------------------------------------------

@@ -30,10 +30,8 @@ import inspect
 import itertools
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from concurrent.futures import Future
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -47,6 +45,7 @@ from pytest_resilience.services.http_script import (
     Step,
     coerce_reply,
 )
+from pytest_resilience.services.loop_thread import LoopThread
 
 __all__ = ["HttpBackend", "HttpEngine", "ProxiedBackend"]
 
@@ -64,59 +63,38 @@ class HttpEngine:
     """
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = False
+        self._thread: LoopThread[None] = LoopThread(
+            "resilience-http-engine",
+            modules=[__name__, "pytest_resilience.services.http_routes"],
+        )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
+        loop = self._thread.loop
+        if loop is None:
             raise ServiceError("the HTTP engine is not running; call start() first")
-        return self._loop
+        return loop
 
     def start(self) -> HttpEngine:
-        if self._loop is not None:
-            return self
-        ready = threading.Event()
-        loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            try:
-                loop.run_forever()
-            finally:
-                with contextlib.suppress(Exception):
-                    pending = asyncio.all_tasks(loop)
-                    for task in pending:
-                        task.cancel()
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        thread = threading.Thread(target=run, name="resilience-http-engine", daemon=True)
-        thread.start()
-        if not ready.wait(10):
-            raise ServiceError("the HTTP engine thread did not start within 10 s")
-        self._loop, self._thread = loop, thread
+        if not self._thread.running:
+            self._thread.start(timeout=10)
         return self
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         """Run ``coro`` on the engine's loop and wait for its result."""
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        if not self._thread.running:
+            coro.close()
+            raise ServiceError("the HTTP engine is not running; call start() first")
         try:
-            return fut.result(timeout)
-        except TimeoutError:
-            fut.cancel()
+            return self._thread.run(coro, timeout)
+        except ServiceError:
             raise ServiceError(f"the HTTP engine did not answer within {timeout} s") from None
 
+    def describe(self) -> str:
+        return f"HTTP engine loop ({'running' if self._thread.running else 'stopped'})"
+
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        self._thread.stop()
 
     def __enter__(self) -> HttpEngine:
         return self.start()
@@ -196,6 +174,10 @@ class HttpBackend(BackendCore):
     async def _start(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, self.host, 0, limit=_MAX_HEAD,
                                           reuse_address=True)
+
+    def stop(self) -> None:
+        """The :class:`~pytest_resilience.services.base.Service` name for :meth:`close`."""
+        self.close()
 
     def close(self) -> None:
         """Stop listening, drop every connection and wait until the handlers are done."""

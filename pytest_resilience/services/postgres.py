@@ -12,11 +12,12 @@ Local mode, step by step (figures from this machine, see benchmarks/bench_postgr
    overrides): on a RAM-backed tmpfs, creating and dropping a database per test
    costs about 12 + 4 ms instead of waiting on a disk filesystem's metadata.
 3. Start ``postgres`` directly (no ``pg_ctl``, which polls every 100 ms) on
-   127.0.0.1 and a unix socket in a 0700 directory, under a tiny ``sh``
-   *keeper*. The keeper reads a pipe whose only writer is this process: when
-   the pipe closes - a normal stop, a crash, ``SIGKILL`` - the keeper stops the
-   postmaster (fast shutdown) and removes the temporary directory. So no server
-   outlives the pytest process by more than a moment, whatever kills it.
+   127.0.0.1 and a unix socket in a 0700 directory, as a supervised child
+   (:mod:`pytest_resilience.services.supervise`): in its own session, so the
+   terminal's Ctrl-C does not kill it before teardown, and watched by the reaper,
+   which stops it (fast shutdown) and removes the temporary directory when the
+   pytest process dies however it dies - also when a test forked a child that
+   keeps pytest's pipes open. So no server outlives pytest by more than a moment.
 4. Wait for the ``ready`` status in ``postmaster.pid`` (polled every 2 ms,
    bounded), then open one admin connection.
 
@@ -35,7 +36,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pytest_resilience.errors import ConfigError, ServiceError
+from pytest_resilience.services import registry
+from pytest_resilience.services.supervise import PathGuard, log_tail, propose_port, spawn
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -97,18 +99,6 @@ CACHE_FORMAT = 2
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 PORT_ATTEMPTS = 5
-
-# The keeper: starts postgres, prints its pid, waits for its stdin to close,
-# then stops postgres and removes the whole temporary directory.
-_KEEPER = r"""
-"$0" "$@" >"$RESILIENCE_PG_LOG" 2>&1 </dev/null &
-pid=$!
-echo "$pid"
-while read -r _; do :; done
-kill -INT "$pid" 2>/dev/null
-wait "$pid"
-rm -rf "$RESILIENCE_PG_BASE"
-"""
 
 
 # --------------------------------------------------------------------------- binaries
@@ -344,6 +334,20 @@ class PostgresServer:
                 self._pool = DatabasePool(self)
             return self._pool
 
+    def describe(self) -> str:
+        """``PostgreSQL <version> (<mode>) at host:port`` - never the password."""
+        return f"PostgreSQL {self.version} ({self.mode}) at {self.host}:{self.port}"
+
+    def stop(self) -> None:
+        """The :class:`~pytest_resilience.services.base.Service` name for :meth:`close`."""
+        self.close()
+
+    def __enter__(self) -> PostgresServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the admin connection and stop the server if we started it."""
         pool, self._pool = self._pool, None
@@ -574,24 +578,10 @@ def _temp_root() -> str | None:
     return None
 
 
-def _pick_port() -> int:
-    # Postgres binds the port itself; this only proposes one. A clash is detected
-    # from the server log and retried with another port (see _start_local).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _log_tail(log: Path, lines: int = 20) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return "(no server log)"
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty server log)"
-
-
-class _Keeper:
-    """The ``sh`` process that owns the postmaster; closing its stdin stops everything."""
+class _Postmaster:
+    """The postmaster as a supervised child (see :mod:`.supervise`): in its own session,
+    stopped with SIGINT (fast shutdown), its directory removed after it; the reaper does
+    the same if pytest dies first."""
 
     def __init__(
         self, binaries: PgBinaries, base: Path, data: Path, sock: Path, port: int,
@@ -601,49 +591,22 @@ class _Keeper:
                 "-k", str(sock), "-h", "127.0.0.1"]
         for key, value in SERVER_SETTINGS:
             args += ["-c", f"{key}={value}"]
-        env = _server_env() | {"RESILIENCE_PG_LOG": str(log), "RESILIENCE_PG_BASE": str(base)}
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", _KEEPER, *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            cwd=base, env=env, start_new_session=True, **run_as.popen_kwargs(),
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        self.proc.stdout.close()
-        self.pid = int(line) if line.isdigit() else None
+        with open(log, "ab") as out:
+            self.child = spawn(
+                args, name="postgres", stop_signal=signal.SIGINT, grace=STOP_TIMEOUT,
+                remove=base, stdout=out, stderr=subprocess.STDOUT, cwd=base,
+                env=_server_env(), **run_as.popen_kwargs(),
+            )
+        self.pid = self.child.pid
 
     def postmaster_alive(self) -> bool:
-        if self.pid is None:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # A zombie (exited, not yet reaped by the keeper) is not alive.
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return self.child.alive()
 
     def stop(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            if self.pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(self.pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
+        self.child.stop()
 
 
-def _wait_ready(keeper: _Keeper, data: Path, deadline: float) -> bool:
+def _wait_ready(postmaster: _Postmaster, data: Path, deadline: float) -> bool:
     """Poll postmaster.pid for the 'ready' status; False if the postmaster died."""
     pidfile = data / "postmaster.pid"
     while time.monotonic() < deadline:
@@ -653,7 +616,7 @@ def _wait_ready(keeper: _Keeper, data: Path, deadline: float) -> bool:
             lines = []
         if len(lines) >= 8 and lines[7].strip() == "ready":
             return True
-        if not keeper.postmaster_alive():
+        if not postmaster.postmaster_alive():
             return False
         time.sleep(0.002)  # polling a local file, not synchronising a test
     return False
@@ -685,7 +648,8 @@ def _start_local(
     timings["find"] = time.perf_counter() - t0
     for _attempt in range(PORT_ATTEMPTS):
         base = Path(tempfile.mkdtemp(prefix="pytest-resilience-pg-", dir=_temp_root()))
-        keeper: _Keeper | None = None
+        guard = PathGuard(base)  # removed by the reaper if pytest dies while it is filled
+        postmaster: _Postmaster | None = None
         try:
             run_as.chown(base)
             sock = base / "sock"
@@ -694,14 +658,15 @@ def _start_local(
             data, from_cache = _prepare_data_dir(binaries, base, run_as, cache_dir)
             timings["data_dir_copied" if from_cache else "initdb"] = time.perf_counter() - t0
             log = base / "postgres.log"
-            port = _pick_port()
-            keeper = _Keeper(binaries, base, data, sock, port, run_as, log)
-            if _wait_ready(keeper, data, time.monotonic() + START_TIMEOUT):
+            port = propose_port()
+            postmaster = _Postmaster(binaries, base, data, sock, port, run_as, log)
+            guard.release()  # the postmaster's entry removes base now
+            if _wait_ready(postmaster, data, time.monotonic() + START_TIMEOUT):
                 timings["ready"] = time.perf_counter() - t0
                 server = PostgresServer(
                     host="127.0.0.1", port=port, user="postgres", dbname="postgres",
                     version=binaries.version, mode="local", unix_socket=str(sock),
-                    _stop=keeper.stop,
+                    _stop=postmaster.stop,
                 )
                 try:
                     _set_session_password(server)
@@ -710,13 +675,14 @@ def _start_local(
                     raise
                 timings["password"] = time.perf_counter() - t0
                 return server, timings
-            tail = _log_tail(log)
+            tail = log_tail(log)
         except BaseException:
-            if keeper is not None:
-                keeper.stop()
+            if postmaster is not None:
+                postmaster.stop()
             shutil.rmtree(base, ignore_errors=True)
+            guard.release()
             raise
-        keeper.stop()  # also removes base
+        postmaster.stop()  # also removes base
         shutil.rmtree(base, ignore_errors=True)
         if "could not bind" not in tail and "already in use" not in tail:
             raise ServiceError(
@@ -802,14 +768,31 @@ def start_postgres(
 ) -> PostgresServer:
     """Give a running server for ``mode`` (local, docker or external)."""
     if mode == "local":
-        return start_local(pg_bin, cache_dir)[0]
-    if mode == "external":
+        server = start_local(pg_bin, cache_dir)[0]
+    elif mode == "external":
         if dsn is None:
             raise ConfigError("--resilience-postgres=external needs --resilience-postgres-dsn")
-        return connect_external(dsn)
-    if mode == "docker":
-        return start_docker()
-    raise ConfigError(f"unknown Postgres mode {mode!r}; choose local, docker or external")
+        server = connect_external(dsn)
+    elif mode == "docker":
+        server = start_docker()
+    else:
+        raise ConfigError(f"unknown Postgres mode {mode!r}; choose local, docker or external")
+    declare_server(server)
+    return server
+
+
+def declare_server(server: PostgresServer) -> None:
+    """Tell the ownership registry what this server is: its port and socket directory
+    (connections to it are judged by the session checks, not as stray sockets), the
+    ``application_name`` of the plugin's own sessions, and this module (its waits keep
+    real time under the virtual clock)."""
+    registry.declare(
+        ports=[server.port],
+        paths=[server.unix_socket] if server.unix_socket else [],
+        application_names=[APPLICATION_NAME],
+        modules=[__name__, "pytest_resilience.services.docker",
+                 "pytest_resilience.services.supervise"],
+    )
 
 
 @contextlib.contextmanager

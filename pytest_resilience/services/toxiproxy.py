@@ -9,8 +9,9 @@ Four ways to get a Toxiproxy (``--resilience-toxiproxy``):
     A real ``toxiproxy-server``: ``--resilience-toxiproxy-bin`` (the file, or a
     directory holding it), else ``PATH``. It is started on ``-port 0`` and its
     actual port is read from ``/proc`` (Linux), so no port is ever guessed;
-    elsewhere a free port is proposed and a clash retried. It runs under a tiny
-    ``sh`` keeper that kills it when the pytest process goes away, however it dies.
+    elsewhere a free port is proposed and a clash retried. It runs as a
+    supervised child (:mod:`pytest_resilience.services.supervise`) that the reaper
+    stops when the pytest process goes away, however it dies.
 ``docker``
     The ``ghcr.io/shopify/toxiproxy`` image with host networking (so proxies on
     ``127.0.0.1:0`` are reachable and can reach services on the host; Linux
@@ -30,16 +31,17 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_resilience.errors import ConfigError, ServiceError
+from pytest_resilience.services import registry
+from pytest_resilience.services.supervise import log_tail, propose_port, spawn
 from pytest_resilience.toxiproxy.client import Client, NotFound, Proxy, ToxiproxyError
 
 if TYPE_CHECKING:
@@ -88,6 +90,9 @@ class ToxiproxyServer:
     #: the server's output (``binary`` mode), removed when the server stops
     log: Path | None = None
     _stop: Callable[[], None] | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return self.description
 
     def stop(self) -> None:
         """Stop the server (nothing for ``external``). Idempotent."""
@@ -178,15 +183,6 @@ def find_binary(toxiproxy_bin: Path | None = None) -> Path:
     )
 
 
-# The keeper owns the server: when the pipe on its stdin closes (a normal stop,
-# or the pytest process dying however it dies) it kills the server and removes
-# the private temporary directory that holds the server's log.
-_KEEPER = (
-    'log="$1"; shift; "$@" >"$log" 2>&1 </dev/null & child=$!; echo "$child"; '
-    'cat >/dev/null; kill "$child" 2>/dev/null; wait "$child"; rm -rf "${log%/*}"'
-)
-
-
 def _listening_ports(pid: int) -> list[int] | None:
     """TCP ports ``pid`` listens on, from /proc; None where /proc cannot tell."""
     try:
@@ -209,68 +205,25 @@ def _listening_ports(pid: int) -> list[int] | None:
         return None
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
+class _Server:
+    """toxiproxy-server as a supervised child (:mod:`.supervise`): its own session, its
+    output in ``log``, stopped (and its directory removed) by the reaper if pytest dies."""
 
-
-def _propose_port() -> int:
-    # Only used where /proc is missing: the server binds the port itself, and
-    # a clash makes it exit, which start_binary retries with another port.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Keeper:
     def __init__(self, binary: Path, port: int, log: Path) -> None:
         self.port = port
         args = [str(binary), "-host", "127.0.0.1", "-port", str(port)]
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", _KEEPER, "sh", str(log), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        self.proc.stdout.close()
-        self.pid = int(line) if line.isdigit() else None
+        with open(log, "ab") as out:
+            self.child = spawn(
+                args, name="toxiproxy-server", stop_signal=signal.SIGTERM,
+                grace=STOP_TIMEOUT, remove=log.parent, stdout=out, stderr=subprocess.STDOUT,
+            )
+        self.pid: int | None = self.child.pid
 
     def alive(self) -> bool:
-        if self.pid is None or self.proc.poll() is not None:
-            return False
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True
-        return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return self.child.alive()
 
     def stop(self) -> None:
-        stdin: IO[bytes] | None = self.proc.stdin
-        if stdin is not None and not stdin.closed:
-            with contextlib.suppress(OSError):
-                stdin.close()
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for pid in (self.pid, self.proc.pid):
-                if pid is not None:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-            self.proc.wait(STOP_TIMEOUT)
-
-
-def _log_tail(log: Path, lines: int = 15) -> str:
-    try:
-        text = log.read_text(errors="replace").strip()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+        self.child.stop()
 
 
 def start_binary(toxiproxy_bin: Path | None = None, *,
@@ -281,10 +234,10 @@ def start_binary(toxiproxy_bin: Path | None = None, *,
     log = tmp / "toxiproxy.log"
     use_proc = Path("/proc/self/net/tcp").exists()
     attempts = 1 if use_proc else 3
-    keeper: _Keeper | None = None
+    keeper: _Server | None = None
     try:
         for attempt in range(attempts):
-            keeper = _Keeper(binary, 0 if use_proc else _propose_port(), log)
+            keeper = _Server(binary, 0 if use_proc else propose_port(), log)
             deadline = time.monotonic() + startup_timeout
             port = _discover_port(keeper, deadline) if use_proc else keeper.port
             if port is not None:
@@ -303,7 +256,7 @@ def start_binary(toxiproxy_bin: Path | None = None, *,
                 )
         raise ServiceError("no listening port appeared")
     except BaseException as exc:
-        tail = _log_tail(log)
+        tail = log_tail(log, 15)
         if keeper is not None:
             keeper.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -314,15 +267,12 @@ def start_binary(toxiproxy_bin: Path | None = None, *,
         raise
 
 
-def _discover_port(keeper: _Keeper, deadline: float) -> int | None:
+def _discover_port(keeper: _Server, deadline: float) -> int | None:
     delay = 0.002
     while time.monotonic() < deadline and keeper.pid is not None:
-        # The server is the keeper's background job; a shell that forks once
-        # more leaves it one level down, so look at the children too.
-        for pid in (keeper.pid, *_children(keeper.pid)):
-            ports = _listening_ports(pid)
-            if ports:
-                return ports[0]
+        ports = _listening_ports(keeper.pid)
+        if ports:
+            return ports[0]
         if not keeper.alive():
             raise ServiceError("the server exited before it listened")
         time.sleep(delay)
@@ -330,7 +280,7 @@ def _discover_port(keeper: _Keeper, deadline: float) -> int | None:
     raise ServiceError("the server did not listen in time")
 
 
-def _stop_binary(keeper: _Keeper, tmp: Path) -> None:
+def _stop_binary(keeper: _Server, tmp: Path) -> None:
     try:
         keeper.stop()
     finally:
@@ -357,7 +307,7 @@ def start_docker(image: str = DOCKER_IMAGE, *,
 
     last: Exception | None = None
     for _ in range(3):
-        port = _propose_port()  # host networking: a clash makes the server exit; retried
+        port = propose_port()  # host networking: a clash makes the server exit; retried
         container: Any = (
             DockerContainer(image)
             .with_kwargs(network_mode="host")
@@ -402,17 +352,33 @@ def start_toxiproxy(settings: Settings) -> ToxiproxyServer:
     """A running Toxiproxy for the session's settings (stop it when done)."""
     mode = settings.toxiproxy
     if mode == "builtin":
-        return start_builtin(settings.toxiproxy_engine, seed=settings.seed)
-    if mode == "binary":
-        return start_binary(settings.toxiproxy_bin)
-    if mode == "docker":
-        return start_docker()
-    if mode == "external":
+        server = start_builtin(settings.toxiproxy_engine, seed=settings.seed)
+    elif mode == "binary":
+        server = start_binary(settings.toxiproxy_bin)
+    elif mode == "docker":
+        server = start_docker()
+    elif mode == "external":
         if settings.toxiproxy_url is None:
             raise ConfigError("--resilience-toxiproxy=external needs --resilience-toxiproxy-url")
-        return connect_external(settings.toxiproxy_url)
-    raise ConfigError(
-        f"unknown Toxiproxy mode {mode!r}; choose builtin, binary, docker or external"
+        server = connect_external(settings.toxiproxy_url)
+    else:
+        raise ConfigError(
+            f"unknown Toxiproxy mode {mode!r}; choose builtin, binary, docker or external"
+        )
+    declare_server(server)
+    return server
+
+
+def declare_server(server: ToxiproxyServer) -> None:
+    """Tell the ownership registry about this Toxiproxy: its API port (the plugin's
+    own connections to it are not a test's leak) and the modules that talk to it."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(server.url).port
+    registry.declare(
+        ports=[port] if port else [],
+        modules=[__name__, "pytest_resilience.toxiproxy", "pytest_resilience.services.docker",
+                 "pytest_resilience.services.supervise"],
     )
 
 

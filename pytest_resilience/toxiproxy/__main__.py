@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         help="log level (default: info)",
     )
     parser.add_argument(
-        "--proxy-metrics", action="store_true", help="accepted; /metrics is always on"
+        "--proxy-metrics", action="store_true",
+        help="serve the proxies' byte counters on GET /metrics (default: off, 404)",
     )
     parser.add_argument(
         "--allow-remote-listen", action="store_true",
@@ -126,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     loop = new_event_loop()
-    engine = Engine(loop, args.seed, allow_remote_listen=args.allow_remote_listen)
+    engine = Engine(
+        loop, args.seed,
+        allow_remote_listen=args.allow_remote_listen, proxy_metrics=args.proxy_metrics,
+    )
     try:
         port = loop.run_until_complete(engine.start(args.host, args.port, config))
     except (ConfigError, ServiceError, OSError) as exc:

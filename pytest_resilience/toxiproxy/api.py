@@ -6,8 +6,13 @@ Toxiproxy endpoints, status codes and error bodies follow toxiproxy-server
 * attribute values that crash the real server (negative ``bandwidth.rate``,
   ``slicer.average_size`` < 1, ``slicer.size_variation`` outside
   ``0..average_size``) are answered with 400 and a message saying why;
-* a PATCH of a toxic is atomic (Go may half-apply a body with a type error);
-* ``/metrics`` is always served (the real server needs ``-proxy-metrics``).
+* a PATCH of a toxic is atomic (Go may half-apply a body with a type error).
+
+``/metrics`` is routed only when the engine runs with ``proxy_metrics``
+(``--proxy-metrics``), as on the real server. Routing answers (301 to the
+cleaned path, 404 ``404 page not found``, 405) come from gorilla/mux before any
+middleware, so they carry no ``X-Toxiproxy-Request-Id`` and are never 403 for a
+browser; every routed request gets the header, the 403 included.
 
 Extension (namespaced so it cannot clash with Toxiproxy paths):
 
@@ -63,7 +68,26 @@ HANDLER_TIMEOUT = 25.0
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
-PROXY_FIELDS = {"name": "string", "listen": "string", "upstream": "string", "enabled": "bool"}
+# Go types as toxiproxy-server 2.12.0's decode errors print them (reflect's Type.String();
+# an anonymous struct prints its fields and tags). ``Logger`` is an exported field of
+# toxiproxy.Proxy without a JSON tag: any object is accepted (and ignored), anything else
+# is a type error.
+GO_PROXY = "toxiproxy.Proxy"
+GO_POPULATE_ITEM = 'struct { toxiproxy.Proxy; Enabled *bool "json:\\"enabled\\"" }'
+GO_TOXIC_UPDATE = (
+    'struct { Attributes interface {} "json:\\"attributes\\""; '
+    'Toxicity float32 "json:\\"toxicity\\"" }'
+)
+#: Go type of the attributes of each toxic type (int64 unless listed)
+GO_ATTRIBUTE_TYPE = {"slicer": "int"}
+
+PROXY_FIELDS = {
+    "name": "string",
+    "listen": "string",
+    "upstream": "string",
+    "enabled": "bool",
+    "Logger": "zerolog.Logger",
+}
 TOXIC_FIELDS = {
     "name": "string",
     "type": "string",
@@ -99,9 +123,13 @@ def clean_path(path: str) -> str:
 
 
 class Api:
-    def __init__(self, collection: ProxyCollection, events: EventLog) -> None:
+    def __init__(
+        self, collection: ProxyCollection, events: EventLog, *, proxy_metrics: bool = False
+    ) -> None:
         self.collection = collection
         self.events = events
+        #: serve ``/metrics`` (toxiproxy-server's ``-proxy-metrics``); else it is a 404
+        self.proxy_metrics = proxy_metrics
         self._ids = itertools.count(1)
         self._id_prefix = "".join(_ALPHABET[b % 32] for b in os.urandom(8))
 
@@ -114,8 +142,14 @@ class Api:
         return self._id_prefix + suffix
 
     async def handle(self, request: Request) -> Response:
+        routed = self._match(request)
+        if isinstance(routed, Response):
+            return routed  # a routing answer: no middleware ran, so no request id
+        handler, segments = routed
         try:
-            response = await asyncio.wait_for(self._dispatch(request), HANDLER_TIMEOUT)
+            response = await asyncio.wait_for(
+                self._serve(request, handler, segments), HANDLER_TIMEOUT
+            )
         except TimeoutError:
             response = Response(503)
         except ApiError as exc:
@@ -125,9 +159,8 @@ class Api:
         response.headers.append(("X-Toxiproxy-Request-Id", self._request_id()))
         return response
 
-    async def _dispatch(self, request: Request) -> Response:
-        if request.headers.get("user-agent", "").startswith("Mozilla/"):
-            return Response(403, b"User agent not allowed\n", TEXT)
+    def _match(self, request: Request) -> tuple[Any, list[str]] | Response:
+        """The handler and path segments, or gorilla/mux's 301, 404 or 405 answer."""
         path = request.path
         cleaned = clean_path(path)
         if cleaned != path:
@@ -138,13 +171,17 @@ class Api:
         segments = cleaned.split("/")[1:]
         if any(not s for s in segments):
             return Response(404, b"404 page not found\n", TEXT)
-        method = request.method
         routes = self._route(segments)
         if routes is None:
             return Response(404, b"404 page not found\n", TEXT)
-        handler = routes.get(method) or routes.get("*")
+        handler = routes.get(request.method) or routes.get("*")
         if handler is None:
             return Response(405)
+        return handler, segments
+
+    async def _serve(self, request: Request, handler: Any, segments: list[str]) -> Response:
+        if request.headers.get("user-agent", "").startswith("Mozilla/"):
+            return Response(403, b"User agent not allowed\n", TEXT)
         result: Response = await handler(request, *segments)
         return result
 
@@ -160,7 +197,7 @@ class Api:
                 return {"POST": self.populate}
             if head == "reset":
                 return {"POST": self.reset}
-            if head == "metrics":
+            if head == "metrics" and self.proxy_metrics:
                 return {"*": self.metrics}
         elif n == 2 and s[0] == "proxies":
             return {
@@ -200,7 +237,7 @@ class Api:
 
     async def proxy_create(self, request: Request, *_: str) -> Response:
         data = decode_body(request.body)
-        fields = decode_fields(data, PROXY_FIELDS, "Proxy", "proxy.Proxy")
+        fields = decode_fields(data, PROXY_FIELDS, "Proxy", GO_PROXY)
         name = fields.get("name", "")
         if not name:
             raise ApiError(400, "missing required field: name")
@@ -216,13 +253,16 @@ class Api:
         created: list[Proxy] = []
         try:
             data = decode_body(request.body)
+            if data is None:
+                data = []  # null leaves Go's slice nil: nothing to create
             if not isinstance(data, list):
                 raise ApiError(
                     400,
                     f"bad request body: json: cannot unmarshal {json_kind(data)} "
-                    "into Go value of type []proxy.Proxy",
+                    f"into Go value of type []{GO_POPULATE_ITEM}",
                 )
-            items = [decode_fields(item, PROXY_FIELDS, "Proxy", "proxy.Proxy") for item in data]
+            # The items are an anonymous struct embedding toxiproxy.Proxy: no struct name.
+            items = [decode_fields(item, PROXY_FIELDS, "", GO_POPULATE_ITEM) for item in data]
             for index, item in enumerate(items, start=1):
                 if not item.get("name"):
                     raise ApiError(400, f"missing required field: name at proxy {index}")
@@ -259,7 +299,7 @@ class Api:
     async def proxy_update(self, request: Request, _: str, name: str) -> Response:
         proxy = self.collection.get(name)
         data = decode_body(request.body)
-        fields = decode_fields(data, PROXY_FIELDS, "Proxy", "proxy.Proxy")
+        fields = decode_fields(data, PROXY_FIELDS, "Proxy", GO_PROXY)
         listen = fields.get("listen", proxy.listen)
         upstream = fields.get("upstream", proxy.upstream)
         enabled = fields.get("enabled", proxy.enabled)
@@ -321,8 +361,10 @@ class Api:
     @staticmethod
     def _attributes(toxic_type: str, raw: Any, current: dict[str, int]) -> dict[str, int]:
         struct_name, names = TOXIC_TYPES[toxic_type]
+        go_type = GO_ATTRIBUTE_TYPE.get(toxic_type, "int64")
         given = decode_fields(
-            raw, dict.fromkeys(names, "int64"), struct_name, f"toxics.{struct_name}"
+            raw, dict.fromkeys(names, go_type), struct_name, f"toxics.{struct_name}",
+            "attributes.",
         )
         attributes = {n: given.get(n, current.get(n, 0)) for n in names}
         validate_attributes(toxic_type, attributes)
@@ -345,7 +387,7 @@ class Api:
     ) -> Response:
         proxy, toxic = self._toxic(name, toxic_name)
         data = decode_body(request.body)
-        fields = decode_fields(data, TOXIC_UPDATE_FIELDS, "ToxicWrapper", "toxics.ToxicWrapper")
+        fields = decode_fields(data, TOXIC_UPDATE_FIELDS, "", GO_TOXIC_UPDATE)
         raw_attrs = fields.get("attributes")
         struct_name = TOXIC_TYPES[toxic.type][0]
         if raw_attrs is not None and not isinstance(raw_attrs, dict):

@@ -912,8 +912,9 @@ class _Base:
             )
         error = _error_for(response)
         if call.path == "/metrics" and isinstance(error, NotFound):
-            error.args = (error.args[0] + " (a real toxiproxy-server serves /metrics only "
-                          "when started with -proxy-metrics or -runtime-metrics)",)
+            error.args = (error.args[0] + " (toxiproxy-server serves /metrics only when "
+                          "started with -proxy-metrics or -runtime-metrics; the built-in "
+                          "engine with --proxy-metrics / proxy_metrics=True)",)
         raise error
 
 

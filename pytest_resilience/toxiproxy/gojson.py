@@ -3,14 +3,21 @@
 Decoding follows ``json.NewDecoder(body).Decode(&v)``: only the first JSON
 value is read (trailing bytes are ignored), object keys match struct fields
 case-insensitively, ``null`` leaves a field unchanged, a wrong type is an
-error naming the Go struct field. Encoding is compact, HTML-escaped, and
-prints float32 values with the shortest representation (``1``, ``0.5``).
+error naming the Go struct field. Syntax errors are worded as Go's scanner
+words them, naming the byte it stopped at the way Go's ``quoteChar`` does (the
+byte read as the rune U+00XX: ``0xff`` is ``'ÿ'``, ``0x01`` is ``'\\x01'``).
+Type errors follow Go 1.23 (toxiproxy-server 2.12.0's ``go`` line): the struct
+is the innermost Go struct's name, the field the path of JSON names from the
+decoded value, without the names of embedded structs (Go 1.24 adds those).
+Encoding is compact, HTML-escaped, and prints float32 values with the shortest
+representation (``1``, ``0.5``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from decimal import Decimal
 from typing import Any
@@ -52,6 +59,8 @@ def _parse_int(literal: str) -> int | FloatLit:
 
 
 def _reject_constant(name: str) -> Any:
+    if name.startswith("-"):  # -Infinity: Go's scanner wants a digit after the sign
+        raise ValueError(f"invalid character '{name[1]}' in numeric literal")
     raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
 
 
@@ -74,41 +83,168 @@ def json_kind(value: Any) -> str:
     return "object"
 
 
+_SPACE = " \t\r\n"
+_HEX = frozenset("0123456789abcdefABCDEF")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_LITERALS = {"n": "null", "t": "true", "f": "false"}
+
+
+class _UnexpectedEOF(Exception):
+    pass
+
+
 def decode_body(body: bytes) -> Any:
     """Decode the first JSON value of ``body`` or raise a 400 ApiError."""
-    text = body.decode("utf-8", errors="replace").lstrip(" \t\r\n")
+    # surrogateescape: one character per invalid byte, so an error can name the byte
+    # Go stopped at, and a string gets one U+FFFD per invalid byte (clean_str), as in Go.
+    text = body.decode("utf-8", errors="surrogateescape").lstrip(_SPACE)
     if not text:
         raise ApiError(400, "bad request body: EOF")
+    message: str | None
     try:
-        value, _end = _DECODER.raw_decode(text)
-    except RecursionError:
-        raise ApiError(400, "bad request body: exceeded max depth") from None
-    except json.JSONDecodeError as exc:
-        if exc.pos >= len(text):
-            raise ApiError(400, "bad request body: unexpected EOF") from None
-        char = text[exc.pos]
-        if exc.msg.startswith("Expecting value"):
-            msg = f"invalid character {_go_char(char)} looking for beginning of value"
-        elif exc.msg.startswith("Expecting property name"):
-            msg = f"invalid character {_go_char(char)} looking for beginning of object key string"
-        elif exc.msg.startswith("Expecting ':'"):
-            msg = f"invalid character {_go_char(char)} after object key"
-        elif exc.msg.startswith("Expecting ','"):
-            msg = f"invalid character {_go_char(char)} after object key:value pair"
+        try:
+            value, end = _DECODER.raw_decode(text)
+        except json.JSONDecodeError as exc:
+            message = _syntax_error(text, exc.msg, exc.pos)
         else:
-            msg = f"invalid character {_go_char(char)} in string literal"
-        raise ApiError(400, f"bad request body: {msg}") from None
-    except ValueError as exc:
-        raise ApiError(400, f"bad request body: {exc}") from None
-    return value
+            is_number = isinstance(value, FloatLit) or (
+                isinstance(value, int) and not isinstance(value, bool)
+            )
+            message = _number_goes_on(text, end) if is_number else None
+            if message is None:
+                return value
+    except _UnexpectedEOF:
+        message = "unexpected EOF"
+    except RecursionError:
+        message = "exceeded max depth"
+    except ValueError as exc:  # NaN, Infinity, -Infinity
+        message = str(exc)
+    raise ApiError(400, f"bad request body: {message}")
 
 
-def _go_char(char: str) -> str:
-    if char == "'":
+def _syntax_error(text: str, msg: str, pos: int) -> str:
+    """Go's scanner error for the place where Python's decoder gave up.
+
+    Python stops at the same byte as Go, or (inside a literal, a number or an
+    escape) a few bytes earlier: look ahead like Go's state machine would.
+    """
+    if pos >= len(text) or msg.startswith("Unterminated string"):
+        raise _UnexpectedEOF
+    char = text[pos]
+    if msg.startswith("Expecting value"):
+        word = _LITERALS.get(char)
+        if word is not None:
+            for offset in range(1, len(word)):
+                if _at(text, pos + offset) != word[offset]:
+                    return _invalid(
+                        text, pos + offset, f"in literal {word} (expecting '{word[offset]}')"
+                    )
+        if char == "-":
+            return _invalid(text, pos + 1, "in numeric literal")
+        return _invalid(text, pos, "looking for beginning of value")
+    if msg.startswith("Expecting property name"):
+        return _invalid(text, pos, "looking for beginning of object key string")
+    if msg.startswith("Illegal trailing comma"):  # Python 3.13+, reported at the comma
+        after = pos + 1
+        while after < len(text) and text[after] in _SPACE:
+            after += 1
+        if "object" in msg:
+            return _invalid(text, after, "looking for beginning of object key string")
+        return _invalid(text, after, "looking for beginning of value")
+    if msg.startswith("Expecting ':'"):
+        return _invalid(text, pos, "after object key")
+    if msg.startswith("Expecting ','"):
+        goes_on = _number_goes_on(text, pos)
+        if goes_on is not None:
+            return goes_on
+        if _innermost(text, pos) == "[":
+            return _invalid(text, pos, "after array element")
+        return _invalid(text, pos, "after object key:value pair")
+    if msg.startswith("Invalid control character"):
+        return _invalid(text, pos, "in string literal")
+    if msg.startswith("Invalid \\escape"):
+        return _invalid(text, pos + 1 if char == "\\" else pos, "in string escape code")
+    if msg.startswith("Invalid \\u"):
+        start = pos + 1 if char == "\\" else pos  # at the "u"
+        for index in range(start + 1, start + 5):
+            if _at(text, index) not in _HEX:
+                return _invalid(text, index, "in \\u hexadecimal character escape")
+    return _invalid(text, pos, "looking for beginning of value")
+
+
+def _at(text: str, index: int) -> str:
+    if index >= len(text):
+        raise _UnexpectedEOF
+    return text[index]
+
+
+def _number_goes_on(text: str, end: int) -> str | None:
+    """Go's error when the number ending before ``end`` continues where Python stopped.
+
+    Python leaves a ``.`` without digits, or an ``e`` without exponent digits,
+    unread; Go's scanner has already committed to the number there.
+    """
+    if end >= len(text):
+        return None
+    start = end
+    while start > 0 and text[start - 1] in "0123456789+-.eE":
+        start -= 1
+    literal = text[start:end]
+    if not _NUMBER.fullmatch(literal):
+        return None
+    char = text[end]
+    if char == "." and not any(c in literal for c in ".eE"):
+        return _invalid(text, end + 1, "after decimal point in numeric literal")
+    if char in "eE" and not any(c in literal for c in "eE"):
+        index = end + 1
+        if _at(text, index) in "+-":
+            index += 1
+        return _invalid(text, index, "in exponent of numeric literal")
+    return None
+
+
+def _innermost(text: str, end: int) -> str | None:
+    """The innermost ``[`` or ``{`` still open before ``end`` (a valid JSON prefix)."""
+    stack: list[str] = []
+    for match in _STRING_OR_BRACKET.finditer(text, 0, end):
+        token = match.group()
+        if token in ("[", "{"):
+            stack.append(token)
+        elif token in ("]", "}"):
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+def _invalid(text: str, index: int, context: str) -> str:
+    first_byte = _at(text, index).encode("utf-8", errors="surrogateescape")[0]
+    return f"invalid character {_go_char(first_byte)} {context}"
+
+
+#: strconv.Quote's short escapes
+_ESCAPES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r"}
+
+
+def _go_char(byte: int) -> str:
+    """Go's ``quoteChar``: ``strconv.Quote(string(c))`` for a byte ``c``, in single quotes.
+
+    ``string(c)`` reads the byte as the rune U+00XX, so 0xEF (a UTF-8 BOM's first
+    byte) prints as ``'ï'`` and 0xFF as ``'ÿ'``; what ``strconv.IsPrint`` refuses is
+    escaped: ``\\n``-style, ``\\xNN`` below 0x20 and for 0x7F, ``\\u00NN`` above.
+    """
+    if byte == 0x27:
         return "'\\''"
-    if char.isprintable():
-        return f"'{char}'"
-    return repr(char)
+    if byte == 0x22:
+        return "'\"'"
+    if byte == 0x5C:
+        return "'\\\\'"
+    if 0x20 <= byte <= 0x7E or (0xA1 <= byte <= 0xFF and byte != 0xAD):
+        return f"'{chr(byte)}'"
+    if byte in _ESCAPES:
+        return f"'{_ESCAPES[byte]}'"
+    if byte < 0x20 or byte == 0x7F:
+        return f"'\\x{byte:02x}'"
+    return f"'\\u{byte:04x}'"
 
 
 def clean_str(value: str) -> str:
@@ -126,46 +262,51 @@ def float32(value: float) -> float:
     return result
 
 
-def _type_error(value: Any, struct_name: str, field: str, go_type: str) -> ApiError:
-    kind = json_kind(value)
-    if kind == "number":
-        kind = f"number {value}"
+def _type_error(what: str, struct_name: str, field: str, go_type: str) -> ApiError:
     return ApiError(
         400,
-        f"bad request body: json: cannot unmarshal {kind} into Go struct field "
+        f"bad request body: json: cannot unmarshal {what} into Go struct field "
         f"{struct_name}.{field} of type {go_type}",
     )
 
 
 def convert(value: Any, go_type: str, struct_name: str, field: str) -> Any:
-    """Convert one decoded JSON value to ``go_type`` (string, bool, int64, float32)."""
+    """Convert one decoded JSON value to ``go_type``.
+
+    ``string``, ``bool``, ``int64``/``int``, ``float32``; any other name is a Go
+    struct whose fields are all unexported (an object is accepted and ignored).
+    A value of the wrong JSON kind is named by its kind (``number``); a number
+    that does not fit the numeric type is named with its literal (``number 1.5``),
+    as Go's ``literalStore`` does.
+    """
+    kind = json_kind(value)
     if go_type == "string":
-        if not isinstance(value, str) or isinstance(value, FloatLit):
-            raise _type_error(value, struct_name, field, go_type)
+        if kind != "string":
+            raise _type_error(kind, struct_name, field, go_type)
         return clean_str(value)
     if go_type == "bool":
-        if not isinstance(value, bool):
-            raise _type_error(value, struct_name, field, go_type)
+        if kind != "bool":
+            raise _type_error(kind, struct_name, field, go_type)
         return value
-    if go_type == "int64":
-        if isinstance(value, bool) or not isinstance(value, int | FloatLit):
-            raise _type_error(value, struct_name, field, go_type)
-        if isinstance(value, FloatLit):
-            raise _type_error(value, struct_name, field, go_type)
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise _type_error(FloatLit(str(value)), struct_name, field, go_type)
+    if go_type in ("int64", "int"):  # Go's int is 64-bit on every toxiproxy-server build
+        if kind != "number":
+            raise _type_error(kind, struct_name, field, go_type)
+        if isinstance(value, FloatLit) or not INT64_MIN <= value <= INT64_MAX:
+            raise _type_error(f"number {value}", struct_name, field, go_type)
         return value
     if go_type == "float32":
-        if isinstance(value, bool) or not isinstance(value, int | FloatLit):
-            raise _type_error(value, struct_name, field, go_type)
+        if kind != "number":
+            raise _type_error(kind, struct_name, field, go_type)
         try:
             number = float32(float(value))
             if math.isinf(number):
                 raise OverflowError
             return number
         except (OverflowError, ValueError):
-            raise _type_error(FloatLit(str(value)), struct_name, field, go_type) from None
-    raise AssertionError(go_type)
+            raise _type_error(f"number {value}", struct_name, field, go_type) from None
+    if kind != "object":
+        raise _type_error(kind, struct_name, field, go_type)
+    return value
 
 
 def decode_fields(
@@ -173,11 +314,15 @@ def decode_fields(
     fields: dict[str, str],
     struct_name: str,
     go_value_type: str,
+    path: str = "",
 ) -> dict[str, Any]:
     """Decode a JSON object into the given ``{field: go_type}`` struct.
 
     Returns only the fields present (and not null). Keys match
-    case-insensitively, an exact match winning, like Go.
+    case-insensitively, an exact match winning, like Go. ``struct_name`` is the
+    Go struct's name ("" for an anonymous struct) and ``path`` the JSON path to
+    it from the decoded value (``"attributes."``), as type errors print them;
+    ``go_value_type`` is the type a non-object ``value`` is reported against.
     """
     if value is None:
         return {}
@@ -199,7 +344,7 @@ def decode_fields(
             out[name] = item
             continue
         try:
-            out[name] = convert(item, go_type, struct_name, name)
+            out[name] = convert(item, go_type, struct_name, path + name)
         except ApiError as exc:
             if first_error is None:
                 first_error = exc

@@ -1,10 +1,11 @@
 """Running the built-in engine: in a background thread, or in a child process.
 
 ``start_thread`` runs the engine's own event loop (uvloop when importable) on a
-non-daemon thread of the calling process: ready in milliseconds, but a
-CPU-bound test thread delays it through the GIL. ``start_process`` runs
-``python -m pytest_resilience.toxiproxy`` as a child that reports its bound port
-on a pipe (so port 0 works without races) and exits by itself when the parent
+background thread of the calling process (the services' one loop-thread helper):
+ready in milliseconds, but a CPU-bound test thread delays it through the GIL.
+``start_process`` runs ``python -m pytest_resilience.toxiproxy`` as a supervised
+child (its own session, watched by the reaper) that reports its bound port on a
+pipe (so port 0 works without races) and also exits by itself when the parent
 goes away (a watchdog pipe reaching EOF, plus a ``getppid()`` check).
 """
 
@@ -24,14 +25,14 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from pytest_resilience.errors import ConfigError, ServiceError
+from pytest_resilience.services.loop_thread import LoopThread
 from pytest_resilience.services.peers import PeerPolicy
+from pytest_resilience.services.supervise import spawn
 from pytest_resilience.toxiproxy.api import TOXIPROXY_VERSION, Api
 from pytest_resilience.toxiproxy.events import EventLog
 from pytest_resilience.toxiproxy.http import HttpServer, Request
@@ -67,6 +68,8 @@ def read_config(config: str | Path | None) -> bytes | None:
         parsed = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if parsed is None:  # toxiproxy-server loads no proxies from a null config
+        return b"[]"
     if not isinstance(parsed, list):
         raise ConfigError(
             f"config file {path} must hold a JSON array of proxies "
@@ -115,7 +118,7 @@ class Engine:
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, seed: int | None = None,
-        *, allow_remote_listen: bool = False,
+        *, allow_remote_listen: bool = False, proxy_metrics: bool = False,
     ) -> None:
         self.loop = loop
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
@@ -123,7 +126,7 @@ class Engine:
         self.collection = ProxyCollection(
             loop, self.events, self.seed, allow_remote_listen=allow_remote_listen
         )
-        self.api = Api(self.collection, self.events)
+        self.api = Api(self.collection, self.events, proxy_metrics=proxy_metrics)
         self.http = HttpServer(loop, self.api.handle)
         self.host = ""
         self.port = 0
@@ -237,6 +240,9 @@ class EngineHandle:
     def running(self) -> bool:
         return self._stopper is not None
 
+    def describe(self) -> str:
+        return f"built-in Toxiproxy engine ({self.mode}) at {self.url}"
+
     def __enter__(self) -> EngineHandle:
         return self
 
@@ -260,72 +266,41 @@ def start_thread(
     seed: int | None = None,
     config: str | Path | None = None,
     allow_remote_listen: bool = False,
+    proxy_metrics: bool = False,
 ) -> EngineHandle:
-    """Run the engine on its own event loop in a background (non-daemon) thread.
+    """Run the engine on its own event loop in a background thread
+    (:class:`~pytest_resilience.services.loop_thread.LoopThread`).
 
-    Proxies may listen on loopback addresses only unless ``allow_remote_listen``."""
+    Proxies may listen on loopback addresses only unless ``allow_remote_listen``;
+    ``GET /metrics`` is served only with ``proxy_metrics`` (else 404, as
+    toxiproxy-server without ``-proxy-metrics``)."""
     config_bytes = read_config(config)
-    ready = threading.Event()
-    box: dict[str, Any] = {}
+    engines: list[Engine] = []
 
-    def run() -> None:
-        loop = new_event_loop()
-        engine: Engine | None = None
-        try:
-            engine = Engine(loop, seed, allow_remote_listen=allow_remote_listen)
-            box["port"] = loop.run_until_complete(engine.start(host, port, config_bytes))
-            box["engine"] = engine
-        except BaseException as exc:
-            box["error"] = exc
-            close_loop(loop, engine)
-            ready.set()
-            return
-        box["loop"] = loop
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            close_loop(loop, engine)
+    async def setup(loop: asyncio.AbstractEventLoop) -> int:
+        engine = Engine(
+            loop, seed, allow_remote_listen=allow_remote_listen, proxy_metrics=proxy_metrics
+        )
+        engines.append(engine)
+        return await engine.start(host, port, config_bytes)
 
-    thread = threading.Thread(target=run, name=THREAD_NAME, daemon=False)
-    thread.start()
-    if not ready.wait(30.0):  # pragma: no cover - the loop starts in milliseconds
-        raise ServiceError("the built-in Toxiproxy engine did not start within 30 s")
-    if "error" in box:
-        thread.join()
-        error = box["error"]
-        if isinstance(error, ServiceError | ConfigError):
-            raise error
-        raise ServiceError(f"the built-in Toxiproxy engine failed to start: {error}") from error
-    loop: asyncio.AbstractEventLoop = box["loop"]
+    async def teardown() -> None:
+        for engine in engines:
+            await engine.shutdown()
 
-    def stop() -> None:
-        with contextlib.suppress(RuntimeError):  # loop already closed
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not threading.current_thread():
-            thread.join()
-
-    engine = box["engine"]
-    handle = EngineHandle(
-        host, box["port"], stop, mode="thread", pid=os.getpid(), seed=engine.seed
+    thread: LoopThread[int] = LoopThread(
+        THREAD_NAME, loop_factory=new_event_loop, modules=["pytest_resilience.toxiproxy"]
     )
-    _LIVE_THREAD_ENGINES.add(handle)
-    return handle
-
-
-#: Thread engines not stopped yet: stopped when the interpreter shuts down, because
-#: a forgotten non-daemon thread would otherwise block interpreter exit.
-_LIVE_THREAD_ENGINES: weakref.WeakSet[EngineHandle] = weakref.WeakSet()
-
-
-def _stop_forgotten_engines() -> None:
-    for handle in list(_LIVE_THREAD_ENGINES):
-        handle.stop()
-
-
-_register_atexit = getattr(threading, "_register_atexit", None)
-if _register_atexit is not None:  # runs before non-daemon threads are joined
-    _register_atexit(_stop_forgotten_engines)
+    try:
+        bound = thread.start(setup, teardown, timeout=30.0)
+    except (ServiceError, ConfigError):
+        raise
+    except Exception as error:
+        raise ServiceError(f"the built-in Toxiproxy engine failed to start: {error}") from error
+    assert bound is not None
+    return EngineHandle(
+        host, bound, thread.stop, mode="thread", pid=os.getpid(), seed=engines[0].seed
+    )
 
 
 def _package_root() -> str:
@@ -340,10 +315,12 @@ def start_process(
     config: str | Path | None = None,
     startup_timeout: float = 10.0,
     allow_remote_listen: bool = False,
+    proxy_metrics: bool = False,
 ) -> EngineHandle:
     """Run the engine as ``python -m pytest_resilience.toxiproxy`` in a child process.
 
-    Proxies may listen on loopback addresses only unless ``allow_remote_listen``."""
+    Proxies may listen on loopback addresses only unless ``allow_remote_listen``;
+    ``GET /metrics`` is served only with ``proxy_metrics`` (``--proxy-metrics``)."""
     if config is not None:
         read_config(config)  # fail fast, in the caller, with a clear error
     ready_r, ready_w = os.pipe()
@@ -362,32 +339,35 @@ def start_process(
         cmd += ["--config", str(config)]
     if allow_remote_listen:
         cmd.append("--allow-remote-listen")
+    if proxy_metrics:
+        cmd.append("--proxy-metrics")
     env = dict(os.environ)
     root = _package_root()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     try:
-        proc = subprocess.Popen(
-            cmd, pass_fds=(ready_w, watch_r), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, env=env,
+        # A supervised child: its own session (the terminal's Ctrl-C reaches pytest only,
+        # whose teardown then stops the engine) and the reaper's list (stopped if pytest
+        # dies, even while a forked test keeps the watchdog pipe open).
+        child = spawn(
+            cmd, name="toxiproxy-engine", stop_signal=signal.SIGTERM, grace=5.0,
+            pass_fds=(ready_w, watch_r), stdout=subprocess.DEVNULL, env=env,
         )
     except BaseException:
         for fd in (ready_r, ready_w, watch_r, watch_w):
             os.close(fd)
         raise
+    proc = child.proc
     os.close(ready_w)
     os.close(watch_r)
 
+    watch_open = [True]
+
     def kill() -> None:
-        with contextlib.suppress(OSError):
-            os.close(watch_w)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if watch_open:  # never close the number twice: it may be reused by then
+            watch_open.clear()
+            with contextlib.suppress(OSError):
+                os.close(watch_w)
+        child.stop()
 
     try:
         line = _read_line(ready_r, startup_timeout)

@@ -574,7 +574,7 @@ def diff(
                 continue
             if rec.kind == "db":
                 app = r.application_name(obj)
-                if app is not None and app.startswith(r.SERVICE_THREAD_PREFIX):
+                if app is not None and registry.owns_application_name(app):
                     continue  # the plugin's own connection (rule 3)
             reported_ids.add(rec.obj_id)
             port = port_of.get(rec.obj_id)
@@ -615,7 +615,7 @@ def diff(
         for ident, thread in sorted(after.threads.items()):
             if before.threads.get(ident) is thread or not thread.is_alive():
                 continue
-            if thread.name.startswith(r.SERVICE_THREAD_PREFIXES):
+            if registry.owns_thread(thread):
                 continue
             thread_leak = _thread_leak(thread)
             if thread_leak is not None:
@@ -641,7 +641,7 @@ def diff(
     # -- file descriptors
     fd_kinds = kinds & {"socket", "file", "pipe", "fd"}
     if fd_kinds:
-        cached_fds = r.library_cache_fds() | obs.ignore_fds
+        cached_fds = r.library_cache_fds() | obs.ignore_fds | registry.fds
         new = {
             fd: target
             for fd, target in after.fds.items()

@@ -71,7 +71,11 @@ def test_nothing_remains_after_run(
 
 def test_nothing_remains_after_ctrl_c(pytester: pytest.Pytester) -> None:
     info = pytester.path / "info.json"
-    pytester.makepyfile(INNER.format(info=str(info), action="os.kill(os.getpid(), signal.SIGINT)"))
+    # Python keeps SIGINT ignored when it starts ignored (nohup, '&'): the inner test
+    # restores Python's handler first, so this test does not depend on how it was started.
+    action = ("signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "os.kill(os.getpid(), signal.SIGINT)")
+    pytester.makepyfile(INNER.format(info=str(info), action=action))
     result = pytester.runpytest_subprocess(timeout=120)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
@@ -161,8 +165,8 @@ def test_port_clash_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         ports = iter([taken.getsockname()[1]])
-        real = pg._pick_port
-        monkeypatch.setattr(pg, "_pick_port", lambda: next(ports, None) or real())
+        real = pg.propose_port
+        monkeypatch.setattr(pg, "propose_port", lambda: next(ports, None) or real())
         server, _ = pg.start_local()
     try:
         with server.connect() as conn:
@@ -178,7 +182,7 @@ def test_port_clash_everywhere_shows_the_log_tail(monkeypatch: pytest.MonkeyPatc
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        monkeypatch.setattr(pg, "_pick_port", lambda: port)
+        monkeypatch.setattr(pg, "propose_port", lambda: port)
         before = set(Path("/tmp").glob("pytest-resilience-pg-*"))
         with pytest.raises(
             ServiceError, match=r"(?s)could not bind a free port .*Address already in use"

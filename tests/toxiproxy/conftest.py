@@ -158,7 +158,9 @@ def round_trip(sock: socket.socket, payload: bytes = b"ping") -> float:
 # -- engines and API clients -------------------------------------------------------------
 @pytest.fixture(scope="session")
 def builtin_engine() -> Iterator[EngineHandle]:
-    handle = start_thread(seed=1234)
+    # With /metrics, like a toxiproxy-server started with -proxy-metrics, so the metrics
+    # conformance test runs; test_engine_metrics.py checks the default (404).
+    handle = start_thread(seed=1234, proxy_metrics=True)
     try:
         yield handle
     finally:

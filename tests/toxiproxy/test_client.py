@@ -128,7 +128,7 @@ def api_url(request: pytest.FixtureRequest) -> Iterator[str]:
         return
     from pytest_resilience.toxiproxy.server import start_thread
 
-    with start_thread("127.0.0.1", 0, seed=1234) as handle:
+    with start_thread("127.0.0.1", 0, seed=1234, proxy_metrics=True) as handle:
         yield handle.url
 
 

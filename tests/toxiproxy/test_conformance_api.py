@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,13 @@ import pytest
 
 TEXT = "text/plain; charset=utf-8"
 
+# Go types as toxiproxy-server 2.12.0's decode errors print them (reflect's Type.String()).
+GO_POPULATE_ITEM = 'struct { toxiproxy.Proxy; Enabled *bool "json:\\"enabled\\"" }'
+GO_TOXIC_UPDATE = (
+    'struct { Attributes interface {} "json:\\"attributes\\""; '
+    'Toxicity float32 "json:\\"toxicity\\"" }'
+)
+
 
 def assert_error(response: object, status: int, message: str) -> None:
     import httpx
@@ -23,9 +31,27 @@ def assert_error(response: object, status: int, message: str) -> None:
     assert isinstance(response, httpx.Response)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == TEXT
-    assert response.content == json.dumps(
-        {"error": message, "status": status}, separators=(",", ":")
+    assert response.content == json.dumps(  # Go's encoding/json leaves UTF-8 as it is
+        {"error": message, "status": status}, separators=(",", ":"), ensure_ascii=False
     ).encode() + b"\n"
+
+
+def unmarshal(what: str) -> str:
+    return f"bad request body: json: cannot unmarshal {what}"
+
+
+def raw_request(
+    url: str, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """A request with ``path`` sent as it is (httpx would normalise ``/./``)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
 
 
 def port_of(listen: str) -> int:
@@ -94,9 +120,11 @@ def test_create_proxy_errors(api: Any, echo_server: Any) -> None:
         api.post("/proxies", json={"name": api.name()}), 400, "missing required field: upstream"
     )
     assert_error(api.post("/proxies", content=b""), 400, "bad request body: EOF")
-    response = api.post("/proxies", json={"name": 5, "upstream": "x:1"})
-    assert response.status_code == 400
-    assert response.json()["error"].startswith("bad request body: json: cannot unmarshal number")
+    assert_error(
+        api.post("/proxies", json={"name": 5, "upstream": "x:1"}),
+        400,
+        unmarshal("number into Go struct field Proxy.name of type string"),
+    )
     proxy = api.proxy(echo_server.address)
     assert_error(
         api.post("/proxies", json={"name": proxy["name"], "upstream": "x:1"}),
@@ -240,9 +268,11 @@ def test_toxic_create_errors(api: Any, echo_server: Any) -> None:
         409,
         "toxic already exists",
     )
-    response = api.post(url, json={"type": "bandwidth", "attributes": {"rate": "fast"}})
-    assert response.status_code == 400
-    assert "cannot unmarshal string" in response.json()["error"]
+    assert_error(
+        api.post(url, json={"type": "bandwidth", "attributes": {"rate": "fast"}}),
+        400,
+        unmarshal("string into Go struct field BandwidthToxic.attributes.rate of type int64"),
+    )
     assert_error(api.post("/proxies/nope-missing/toxics", json={"type": "noop"}), 404,
                  "proxy not found")
 
@@ -327,9 +357,11 @@ def test_populate_errors(api: Any, echo_server: Any) -> None:
     assert response.json()["error"] == "missing required field: name at proxy 2"
     assert "proxies" in response.json()
     assert api.get(f"/proxies/{good}").status_code == 404
-    empty = api.post("/populate", json=[])
-    assert empty.status_code == 201
-    assert empty.json() == {"proxies": None}
+    for body in (b"[]", b"null", b" null trailing"):  # null leaves Go's slice nil
+        empty = api.post("/populate", content=body)
+        assert empty.status_code == 201
+        assert empty.headers["content-type"] == "application/json"
+        assert empty.content == b'{"proxies":null}'
 
 
 def test_reset(api: Any, echo_server: Any) -> None:
@@ -347,18 +379,31 @@ def test_reset(api: Any, echo_server: Any) -> None:
 
 
 def test_routing_errors(api: Any) -> None:
-    response = api.get("/nope")
-    assert response.status_code == 404
-    assert response.content == b"404 page not found\n"
-    response = api.request("PUT", "/proxies")
-    assert response.status_code == 405
-    assert response.content == b""
+    # gorilla/mux answers these itself, before any middleware runs: no request id, and
+    # a browser's User-Agent makes no difference.
+    browser = {"User-Agent": "Mozilla/5.0 (X11)"}
+    for headers in ({}, browser):
+        response = api.get("/nope", headers=headers)
+        assert response.status_code == 404
+        assert response.content == b"404 page not found\n"
+        assert "x-toxiproxy-request-id" not in response.headers
+        response = api.request("PUT", "/proxies", headers=headers)
+        assert response.status_code == 405
+        assert response.content == b""
+        assert "x-toxiproxy-request-id" not in response.headers
+        status, raw_headers, _ = raw_request(api.url, "GET", "/proxies/./nope?x=1", headers)
+        assert status == 301
+        assert raw_headers["Location"] == "/proxies/nope?x=1"
+        assert "X-Toxiproxy-Request-Id" not in raw_headers
     assert api.request("DELETE", "/version").status_code == 405
-    response = api.get("/version", headers={"User-Agent": "Mozilla/5.0 (X11)"})
+    # A routed request passes the middleware: it gets a request id, and browsers are refused.
+    response = api.get("/version", headers=browser)
     assert response.status_code == 403
     assert response.content == b"User agent not allowed\n"
-    for response in (api.get("/nope"), api.request("PUT", "/proxies")):
-        assert response.headers["x-toxiproxy-request-id"]
+    assert response.headers["x-toxiproxy-request-id"]
+    response = api.get("/proxies/nope-missing")
+    assert response.status_code == 404
+    assert response.headers["x-toxiproxy-request-id"]
 
 
 def test_keep_alive(toxiproxy_api_url: str) -> None:
@@ -400,3 +445,116 @@ def test_invalid_listen_port_is_500(api: Any) -> None:
     )
     assert response.status_code == 500
     assert response.json()["error"] == "listen tcp: address 99999: invalid port"
+
+
+# Go's encoding/json names the JSON kind, the innermost Go struct and the JSON path to
+# the field, and the Go type; a number that does not fit a numeric type is quoted.
+def test_proxy_decode_errors_read_as_go(api: Any, echo_server: Any) -> None:
+    for body, what in [
+        ({"name": "a", "upstream": 5}, "number into Go struct field Proxy.upstream of type string"),
+        ({"name": "a", "upstream": "x:1", "enabled": "yes"},
+         "string into Go struct field Proxy.enabled of type bool"),
+        # Proxy.Logger is exported without a JSON tag: only an object (or null) fits it.
+        ({"name": "a", "upstream": "x:1", "Logger": 5},
+         "number into Go struct field Proxy.Logger of type zerolog.Logger"),
+        ([], "array into Go value of type toxiproxy.Proxy"),
+        ("a", "string into Go value of type toxiproxy.Proxy"),
+        (5, "number into Go value of type toxiproxy.Proxy"),
+    ]:
+        assert_error(api.post("/proxies", json=body), 400, unmarshal(what))
+    name = api.proxy(echo_server.address)["name"]
+    assert_error(
+        api.patch(f"/proxies/{name}", json={"listen": 5}),
+        400,
+        unmarshal("number into Go struct field Proxy.listen of type string"),
+    )
+    assert_error(
+        api.patch(f"/proxies/{name}", json=True),
+        400,
+        unmarshal("bool into Go value of type toxiproxy.Proxy"),
+    )
+
+
+def test_populate_decode_errors_read_as_go(api: Any) -> None:
+    for body, what in [
+        ({"name": "a"}, f"object into Go value of type []{GO_POPULATE_ITEM}"),
+        ("a", f"string into Go value of type []{GO_POPULATE_ITEM}"),
+        ([5], f"number into Go value of type {GO_POPULATE_ITEM}"),
+        # The item is an anonymous struct: no struct name before the field.
+        ([{"name": "a", "upstream": "x:1", "enabled": "yes"}],
+         "string into Go struct field .enabled of type bool"),
+    ]:
+        response = api.post("/populate", json=body)
+        assert response.status_code == 400
+        assert response.json() == {"error": unmarshal(what), "status": 400, "proxies": None}
+    # A field promoted from the embedded toxiproxy.Proxy: Go 1.23 (the 2.12.0 release
+    # build) prints ".name", Go 1.24 and later ".Proxy.name".
+    response = api.post("/populate", json=[{"name": 5, "upstream": "x:1"}])
+    assert response.status_code == 400
+    assert re.fullmatch(
+        re.escape(unmarshal("number into Go struct field ."))
+        + r"(Proxy\.)?name of type string",
+        response.json()["error"],
+    )
+
+
+def test_toxic_decode_errors_read_as_go(api: Any, echo_server: Any) -> None:
+    name = api.proxy(echo_server.address)["name"]
+    url = f"/proxies/{name}/toxics"
+    for body, what in [
+        (b'{"type": "bandwidth", "attributes": {"rate": 1.5}}',
+         "number 1.5 into Go struct field BandwidthToxic.attributes.rate of type int64"),
+        (b'{"type": "latency", "attributes": {"jitter": 99999999999999999999}}',
+         "number 99999999999999999999 into Go struct field LatencyToxic.attributes.jitter "
+         "of type int64"),
+        (b'{"type": "slicer", "attributes": {"average_size": "x"}}',
+         "string into Go struct field SlicerToxic.attributes.average_size of type int"),
+        (b'{"type": "latency", "attributes": 5}',
+         "number into Go struct field ToxicWrapper.attributes of type toxics.NoopToxic"),
+        (b'{"type": "latency", "toxicity": "x"}',
+         "string into Go struct field ToxicWrapper.toxicity of type float32"),
+        (b'{"type": "latency", "toxicity": 1e39}',
+         "number 1e39 into Go struct field ToxicWrapper.toxicity of type float32"),
+        (b"[]", "array into Go value of type toxics.ToxicWrapper"),
+    ]:
+        assert_error(api.post(url, content=body), 400, unmarshal(what))
+    api.toxic(name, type="latency")
+    toxic_url = f"{url}/latency_downstream"
+    # The update decodes into an anonymous struct holding the toxic as "attributes".
+    for body, what in [
+        (b'{"toxicity": "x"}', "string into Go struct field .toxicity of type float32"),
+        (b'{"attributes": "x"}',
+         "string into Go struct field .attributes of type toxics.LatencyToxic"),
+        (b'{"attributes": {"jitter": true}}',
+         "bool into Go struct field LatencyToxic.attributes.jitter of type int64"),
+        (b"[]", f"array into Go value of type {GO_TOXIC_UPDATE}"),
+    ]:
+        assert_error(api.patch(toxic_url, content=body), 400, unmarshal(what))
+
+
+def test_syntax_errors_read_as_go(api: Any) -> None:
+    # Go's quoteChar reads the byte it stopped at as the rune U+00XX.
+    for body, message in [
+        (b"\xff", "invalid character 'ÿ' looking for beginning of value"),
+        (b"\xef\xbb\xbf{}", "invalid character 'ï' looking for beginning of value"),  # a BOM
+        (b"\x01", "invalid character '\\x01' looking for beginning of value"),
+        (b"\x80", "invalid character '\\u0080' looking for beginning of value"),
+        (b"'a'", "invalid character '\\'' looking for beginning of value"),
+        (b'{"name": "a",}', "invalid character '}' looking for beginning of object key string"),
+        (b'{"name" "a"}', "invalid character '\"' after object key"),
+        (b'{"name": "a" "b"}', "invalid character '\"' after object key:value pair"),
+        (b'{"name": [1 2]}', "invalid character '2' after array element"),
+        (b'{"name": 1.x}', "invalid character 'x' after decimal point in numeric literal"),
+        (b'{"name": 1e}', "invalid character '}' in exponent of numeric literal"),
+        (b'{"name": -}', "invalid character '}' in numeric literal"),
+        (b'{"name": tru}', "invalid character '}' in literal true (expecting 'e')"),
+        (b'{"name": "\\x"}', "invalid character 'x' in string escape code"),
+        (b'{"name": "\\u12x4"}', "invalid character 'x' in \\u hexadecimal character escape"),
+        (b'{"name": "a\nb"}', "invalid character '\\n' in string literal"),
+        (b"[NaN]", "invalid character 'N' looking for beginning of value"),
+        (b"[-Infinity]", "invalid character 'I' in numeric literal"),
+        (b'{"name": ', "unexpected EOF"),
+        (b'"abc', "unexpected EOF"),
+        (b"1.", "unexpected EOF"),
+    ]:
+        assert_error(api.post("/proxies", content=body), 400, f"bad request body: {message}")

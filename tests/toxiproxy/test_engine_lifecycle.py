@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from pytest_resilience.errors import ConfigError
+from pytest_resilience.services.registry import owned
 from pytest_resilience.toxiproxy import start_process, start_thread
 from pytest_resilience.toxiproxy.server import THREAD_NAME
 
@@ -25,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fds() -> set[str]:
+    """Open fds, minus the plugin's own long-lived ones (the reaper's pipe)."""
     out = set()
     for fd in os.listdir("/proc/self/fd"):
+        if int(fd) in owned.fds:
+            continue
         try:
             out.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
         except OSError:
@@ -94,7 +98,8 @@ def test_thread_engine_leaves_nothing_behind(echo_server: Any) -> None:
     engine = start_thread()
     assert engine.url == f"http://127.0.0.1:{engine.port}"
     assert len(_engine_threads()) == 1
-    assert not next(iter(_engine_threads())).daemon
+    # a daemon thread (never blocks interpreter exit), stopped by LoopThread's atexit hook
+    assert next(iter(_engine_threads())).daemon
     proxy_port, conn = _exercise(engine.url, echo_server.address)
     try:
         engine.stop()
@@ -161,6 +166,14 @@ def test_config_file(tmp_path: Path, echo_server: Any) -> None:
         with starter(config=config) as engine:
             proxies = httpx.get(f"{engine.url}/proxies", timeout=10).json()
             assert list(proxies) == ["cfg"]
+
+
+def test_null_config_file_loads_no_proxies(tmp_path: Path) -> None:
+    """As toxiproxy-server: a config file holding ``null`` is an empty list."""
+    config = tmp_path / "null.json"
+    config.write_text("null")
+    with start_thread(config=config) as engine:
+        assert httpx.get(f"{engine.url}/proxies", timeout=10).json() == {}
 
 
 def test_bad_config_file(tmp_path: Path) -> None:
