@@ -91,6 +91,8 @@ if TYPE_CHECKING:
     import asyncio
     import selectors
 
+    from pytest_resilience.verdicts.core import Verdict
+
 __all__ = [
     "DEFAULT_IGNORE",
     "ClockFinding",
@@ -202,6 +204,34 @@ class ClockReport:
     @property
     def ok(self) -> bool:
         return not self.findings
+
+    def as_verdict(self) -> Verdict:
+        """The clock-source check as the plugin's one result type: ``kind="clock-sources"``,
+        severity ``warning`` (reported, not failing the test), one row per problem."""
+        from pytest_resilience.verdicts.core import Verdict
+
+        rows = [[f.kind, f.where, f.message] for f in self.findings]
+        outcome = "all clocks read were virtual"
+        if self.findings:
+            first = self.findings[0]
+            outcome = (f"{len(self.findings)} problem(s): [{first.kind}] {first.where}: "
+                       f"{first.message}")
+        return Verdict(
+            kind="clock-sources",
+            claim="every clock the code reads follows the virtual clock",
+            passed=self.ok,
+            expected={"problems": 0},
+            observed={"problems": len(self.findings),
+                      "virtual_elapsed_s": self.virtual_elapsed,
+                      "real_io_wait_s": self.real_io_wait},
+            headers=["problem", "where", "what"] if rows else [],
+            rows=rows,
+            blame=list(range(len(rows))),
+            outcome=outcome,
+            message=self.format(),
+            severity="warning",
+            data={"reads": [[r.source, r.count, r.where, r.controlled] for r in self.reads]},
+        )
 
     def format(self) -> str:
         """A readable text block for a report section."""

@@ -48,6 +48,7 @@ class Settings:
     seed: int = 0
     leaks: str = "off"
     cache_dir: Path | None = None
+    report: Path | None = None
 
     def header_lines(self) -> list[str]:
         """Lines for the pytest report header: the effective configuration."""
@@ -112,6 +113,7 @@ _OPTIONS = (
     _Opt("leaks", "check every test for leaked resources", LEAK_MODES, default="off"),
     _Opt("cache_dir", "where initialised Postgres data directories are cached "
          "(default: the user cache dir)"),
+    _Opt("report", "write the run's verdicts to DIR/results.json (created if missing)"),
 )
 
 
@@ -165,6 +167,15 @@ def _path(must_be_dir: bool) -> Callable[[str, str], Path]:
         return path
 
     return check
+
+
+def _report_dir(value: str, source: str) -> Path:
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise pytest.UsageError(
+            f"{source}={value!r} is a file; give a directory (results.json is written into it)"
+        )
+    return path.absolute()
 
 
 def _seed(config: pytest.Config) -> Callable[[str, str], int]:
@@ -224,6 +235,7 @@ def from_config(config: pytest.Config) -> Settings:
         "pg_bin": _path(must_be_dir=True),
         "toxiproxy_bin": _path(must_be_dir=False),
         "cache_dir": _path(must_be_dir=False),
+        "report": _report_dir,
         "postgres_dsn": _dsn,
         "toxiproxy_url": _url,
         "seed": _seed(config),

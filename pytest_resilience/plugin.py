@@ -20,6 +20,7 @@ pytest_plugins = [
     "pytest_resilience.fixtures.verdicts",
     "pytest_resilience.fixtures.clock",
     "pytest_resilience.fixtures.leaks",
+    "pytest_resilience.report.plugin",
 ]
 
 MARKERS = (

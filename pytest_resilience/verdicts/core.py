@@ -101,9 +101,24 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+#: ``severity`` values: a failed ``error`` fails the test; a ``warning`` is reported
+#: only (clock-source findings); ``info`` was recorded but not judged (a leak check
+#: after the test itself failed).
+SEVERITIES = ("error", "warning", "info")
+
+
 @dataclass
 class Verdict:
-    """The outcome of one check: data first, text second."""
+    """The outcome of one check - every check of the plugin produces this one type.
+
+    ``kind`` names the check (``backoff``, ``breaker-transitions``, ``timeout``,
+    ``leaks``, ``clock-sources``...), ``claim`` what it holds the code to, ``passed``
+    the result; ``expected``/``observed``/``tolerance`` the figures it judged,
+    ``headers``/``rows`` its table and ``blame`` the indices of the rows at fault.
+    ``outcome`` is a short observed result for one-line summaries, ``message`` a
+    ready-made text (else :meth:`text` renders the fields). :meth:`as_dict` /
+    :meth:`from_dict` round-trip through JSON (``results.json``, JUnit, xdist).
+    """
 
     kind: str
     claim: str
@@ -115,9 +130,40 @@ class Verdict:
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
+    blame: list[int] | None = None
+    outcome: str = ""
+    message: str = ""
+    severity: str = "error"
+
+    @property
+    def name(self) -> str:
+        """The check's name (same as ``kind``)."""
+        return self.kind
+
+    @property
+    def blamed_rows(self) -> list[int]:
+        """Indices of the rows at fault: ``blame`` if given, else the rows a builder
+        marked with ``<--``."""
+        if self.blame is not None:
+            return list(self.blame)
+        return [i for i, row in enumerate(self.rows) if any("<--" in str(c) for c in row)]
+
+    @property
+    def status(self) -> str:
+        """``PASSED``, ``FAILED``, ``WARNING`` or ``NOT JUDGED``."""
+        if self.passed:
+            return "PASSED"
+        return {"warning": "WARNING", "info": "NOT JUDGED"}.get(self.severity, "FAILED")
+
+    def headline(self) -> str:
+        """One line: ``kind: claim`` and the short outcome, for summaries."""
+        line = f"{self.kind}: {self.claim}"
+        return f"{line} -- {self.outcome}" if self.outcome else line
 
     def text(self) -> str:
         """A report for people: verdict line, table, notes."""
+        if self.message:
+            return self.message
         mark = "PASSED" if self.passed else "FAILED"
         parts = [f"{self.kind} verdict {mark}: {self.claim}"]
         if self.tolerance:
@@ -127,19 +173,44 @@ class Verdict:
         parts.extend(self.notes)
         return "\n".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (what the report and JUnit properties carry)."""
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (what ``results.json``, JUnit properties and xdist carry);
+        :meth:`from_dict` turns it back into an equal verdict."""
         return {
             "kind": self.kind,
             "claim": self.claim,
             "passed": self.passed,
+            "status": self.status,
+            "severity": self.severity,
             "expected": _jsonable(self.expected),
             "observed": _jsonable(self.observed),
             "tolerance": self.tolerance,
-            "table": [self.headers, *self.rows] if self.headers else [],
+            "table": [list(self.headers), *[list(r) for r in self.rows]] if self.headers else [],
+            "blame": self.blamed_rows,
             "notes": list(self.notes),
+            "outcome": self.outcome,
+            "message": self.text(),
             "data": _jsonable(self.data),
         }
+
+    #: The former name of :meth:`as_dict`.
+    to_dict = as_dict
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        """The verdict :meth:`as_dict` described (values as JSON holds them)."""
+        table = data.get("table") or []
+        return cls(
+            kind=data["kind"], claim=data["claim"], passed=bool(data["passed"]),
+            expected=data.get("expected"), observed=data.get("observed"),
+            tolerance=data.get("tolerance", ""),
+            headers=list(table[0]) if table else [],
+            rows=[list(r) for r in table[1:]],
+            notes=list(data.get("notes", [])), data=dict(data.get("data") or {}),
+            blame=list(data["blame"]) if data.get("blame") is not None else None,
+            outcome=data.get("outcome", ""), message=data.get("message", ""),
+            severity=data.get("severity", "error"),
+        )
 
     def check(self, error: type[VerdictFailed] | None = None) -> Verdict:
         """Record the verdict with the running test, then raise if it failed."""

@@ -60,6 +60,7 @@ from typing import Any
 
 from pytest_resilience.errors import ConfigError
 from pytest_resilience.observe import resources as r
+from pytest_resilience.verdicts.core import Verdict
 
 __all__ = [
     "KINDS",
@@ -258,6 +259,47 @@ class LeakVerdict:
                 f"ignore=['glob']) ({README})"
             )
         return "\n".join(lines)
+
+    def as_verdict(
+        self, title: str = "resilience leak check", *, judged: bool = True,
+        severity: str = "error",
+    ) -> Verdict:
+        """This result as the plugin's one result type (``kind="leaks"``): one table row
+        per leak, all rows blamed; ``judged=False`` when the test itself failed (its
+        traceback keeps objects alive), recorded with severity ``info``; ``severity``
+        ``warning`` for ``--resilience-leaks=warn``."""
+        checked = [k for k in KINDS if k in self.kinds]
+        counts = self.by_kind()
+        outcome = (
+            f"{len(self.leaks)} leaked ({', '.join(f'{n} {k}' for k, n in counts.items())})"
+            if self.leaks else "no leaks"
+        )
+        if self.tolerated:
+            outcome += f"; {len(self.tolerated)} tolerated"
+        message = self.message(title)
+        if not judged and not self.passed:
+            message += "\n  (not judged: the test itself failed)"
+            outcome += " (not judged: the test itself failed)"
+        rows = [
+            [leak.kind, leak.what, leak.origin.headline() if leak.origin else "unknown"]
+            for leak in self.leaks
+        ]
+        return Verdict(
+            kind="leaks",
+            claim="no leaked resources",
+            passed=self.passed,
+            expected={"leaked": 0},
+            observed={"leaked": len(self.leaks), "by_kind": counts,
+                      "tolerated": len(self.tolerated)},
+            tolerance="warm-up growth of a lazy cache, once per process" if self.warmed else "",
+            headers=["kind", "leaked", "created at"] if rows else [],
+            rows=rows,
+            blame=list(range(len(rows))),
+            outcome=outcome,
+            message=message,
+            severity=severity if judged else "info",
+            data={**self.as_dict(), "checked": checked},
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """For the JSON report."""

@@ -106,9 +106,10 @@ def test_marker_and_fixture_in_strict_mode(pytester: pytest.Pytester) -> None:
     )
     result.stdout.fnmatch_lines(
         [
-            "*= virtual clock: clock sources =*",
-            "test_strict.py::test_aiobreaker_report: [[]mixed[]] aiobreaker: mixes "
-            "datetime.utcnow() (naive UTC) with datetime.now() (naive local time)*",
+            "*= resilience =*",
+            "WARNING test_strict.py::test_aiobreaker_report clock-sources: * [[]mixed[]] "
+            "aiobreaker: mixes datetime.utcnow() (naive UTC) with datetime.now() (naive "
+            "local time)*",
         ]
     )
     result.stdout.fnmatch_lines(["FAILED test_strict.py::test_fails_on_virtual_time - *boom*"])

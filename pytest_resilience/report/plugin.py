@@ -1,0 +1,122 @@
+"""The report hooks - the only ``pytest_runtest_makereport`` and
+``pytest_terminal_summary`` of the plugin (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from pytest_resilience.config import settings_key
+from pytest_resilience.report.record import RunRecord
+from pytest_resilience.report.state import (
+    PROPERTY_NAME,
+    log_for,
+    outcomes_key,
+    verdicts_of_report,
+)
+from pytest_resilience.verdicts.core import Verdict, pop_sink, push_sink
+
+#: Checks that run around every test when switched on: their passing verdicts get no
+#: report section and are counted, not listed, in the terminal summary.
+AMBIENT = frozenset({"leaks", "clock-sources"})
+#: Report-section titles by kind (others: "resilience verdicts (<phase>)").
+SECTIONS = {"leaks": "resilience: leaks", "clock-sources": "virtual clock"}
+
+record_key = pytest.StashKey[RunRecord]()
+
+
+def _quiet(verdict: Verdict) -> bool:
+    """A leak check that found nothing worth a section of its own (the virtual clock's
+    section is always shown: elapsed virtual time and the clocks read)."""
+    return (
+        verdict.kind == "leaks" and verdict.passed
+        and not (verdict.data.get("tolerated") if isinstance(verdict.data, dict) else None)
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after the plugin's own configure put the settings
+def pytest_configure(config: pytest.Config) -> None:
+    record = RunRecord(seed=config.stash[settings_key].seed, started=time.time())
+    config.stash[record_key] = record
+    config.pluginmanager.register(Reporter(config, record), "resilience-report")
+
+
+class Reporter:
+    """The report hooks of one pytest run (registered per config, so state lives
+    with the run, not in module globals)."""
+
+    def __init__(self, config: pytest.Config, record: RunRecord) -> None:
+        self.config = config
+        self.record = record
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        """Collect the verdicts checked during the whole protocol of ``item``."""
+        log = log_for(item)
+        push_sink(log.verdicts)
+        try:
+            return (yield)
+        finally:
+            pop_sink(log.verdicts)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Put the verdicts checked since the last phase on this phase's report, and
+        note how the phase ended (fixtures read it: ``report.phase_failed``)."""
+        log = log_for(item)
+        new = log.verdicts[log.reported:]
+        properties = [(PROPERTY_NAME, json.dumps(v.as_dict())) for v in new]
+        item.user_properties.extend(properties)
+        report = yield
+        log.reported += len(new)
+        for prop in properties:
+            if prop not in report.user_properties:
+                report.user_properties.append(prop)
+        outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
+        item.stash.setdefault(outcomes_key, {})[call.when] = outcome
+        shown = [v for v in new if not _quiet(v)]
+        plain = [v for v in shown if v.kind not in SECTIONS]
+        if plain:
+            report.sections.append(
+                (f"resilience verdicts ({call.when})", "\n\n".join(v.text() for v in plain))
+            )
+        for verdict in shown:
+            if verdict.kind in SECTIONS:
+                report.sections.append((SECTIONS[verdict.kind], verdict.text()))
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Gather every test's verdicts (on the xdist controller too: reports carry
+        them in ``user_properties``)."""
+        self.record.add_report(
+            report.nodeid, report.when, report.outcome, getattr(report, "duration", 0.0),
+            verdicts_of_report(report), xfail=hasattr(report, "wasxfail"),
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """One line per verdict (passing ambient checks counted in one line)."""
+        lines, quiet = self.record.summary_lines(AMBIENT)
+        if not lines and not quiet:
+            return
+        terminalreporter.write_sep("=", "resilience")
+        for line in lines:
+            terminalreporter.write_line(line)
+        if quiet:
+            counted = ", ".join(f"{n} {kind}" for kind, n in sorted(quiet.items()))
+            terminalreporter.write_line(f"passed without findings: {counted} checks")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if getattr(self.config, "workerinput", None) is not None:
+            return  # xdist workers: the controller writes the record
+        directory = self.config.stash[settings_key].report
+        if directory is not None:
+            self.record.write(directory / "results.json", exit_status=int(session.exitstatus))
