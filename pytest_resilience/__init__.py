@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_resilience.errors import ConfigError, ResilienceError, ServiceError
 
 if TYPE_CHECKING:
+    from pytest_resilience import faults
     from pytest_resilience.clock import (
         ClockReport,
         VirtualClock,
@@ -119,6 +120,7 @@ __all__ = [
     "expect_timeout",
     "expect_timeout_call",
     "expect_transitions",
+    "faults",
     "from_requests",
     "from_timestamps",
     "from_toxiproxy_events",
@@ -184,7 +186,15 @@ _LAZY = {
 }
 
 
+#: Public submodules, imported on first use (``from pytest_resilience import faults``).
+_SUBMODULES = {"faults"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,7 @@ pytest_plugins = [
     "pytest_resilience.fixtures.clock",
     "pytest_resilience.fixtures.leaks",
     "pytest_resilience.report.plugin",
+    "pytest_resilience.scenarios.plugin",
 ]
 
 MARKERS = (

@@ -1,89 +1,92 @@
-"""Trends API client: retry with exponential backoff, a circuit breaker, a fallback.
-
-The claims this module makes (and ``examples/test_demo_*.py`` checks):
-
-* transient failures (5xx, connection errors) are retried up to 3 attempts,
-  waiting 50 ms, then 100 ms (tenacity ``wait_exponential(multiplier=0.05)``);
-* after 5 consecutive failed calls the breaker opens and calls fail fast,
-  without reaching the API, for 60 s; then one trial call decides;
-* while the API is down or the breaker is open, the last good answer is served.
-"""
+"""Trends API client (httpx): retries with backoff and jitter, a circuit breaker, and a
+fallback to the last good answer while the API is failing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pybreaker
-import tenacity
 
-RETRY_ATTEMPTS = 3
-RETRY_MULTIPLIER = 0.05
-BREAKER_FAIL_MAX = 5
-BREAKER_RESET_TIMEOUT = 60.0
+from .breaker import BreakerOpen, CircuitBreaker, State
+from .config import TESTING, Settings
+from .defects import planted
+from .retry import OnRetry, retry
 
 
 class TrendsUnavailable(Exception):
-    """The trends API failed and no cached answer exists."""
+    """The trends API failed and there is no earlier good answer to fall back on."""
 
 
-def _transient(exc: BaseException) -> bool:
+@dataclass(frozen=True)
+class Trends:
+    items: list[str]
+    stale: bool  # True: the last good answer, served because the API is failing
+
+
+def transient(exc: BaseException) -> bool:
+    """Worth retrying: transport errors, 5xx and 429."""
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500 or exc.response.status_code == 429
     return isinstance(exc, httpx.TransportError)
 
 
-@dataclass
 class TrendsClient:
-    base_url: str
-    timeout: float = 2.0
-    retry_multiplier: float = RETRY_MULTIPLIER
-    breaker: pybreaker.CircuitBreaker = field(
-        default_factory=lambda: pybreaker.CircuitBreaker(
-            fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_TIMEOUT
+    """``get_trends()`` = breaker(retry(one GET /trends)), or the last good answer."""
+
+    def __init__(
+        self,
+        api_url: str,
+        settings: Settings = TESTING,
+        *,
+        defect: str | None = None,
+        on_retry: OnRetry | None = None,
+        on_state_change: Callable[[State, State], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.defect = defect
+        self.on_retry = on_retry
+        self.http = httpx.AsyncClient(base_url=api_url, timeout=settings.api_timeout)
+        self.breaker = CircuitBreaker(
+            settings.breaker, name="trends-api", on_change=on_state_change, defect=defect
         )
-    )
-    _cache: list[Any] | None = None
-    _client: httpx.Client | None = None
+        self.last_good: list[str] | None = None
 
-    def __post_init__(self) -> None:
-        self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout)
-        self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_transient),
-            wait=tenacity.wait_exponential(multiplier=self.retry_multiplier),
-            stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
-            reraise=True,
-        )
+    async def aclose(self) -> None:
+        await self.http.aclose()
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-    def __enter__(self) -> TrendsClient:
+    async def __aenter__(self) -> TrendsClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
-    def _fetch_once(self) -> list[Any]:
-        assert self._client is not None
-        response = self._client.get("/trends")
+    async def fetch_once(self) -> list[str]:
+        """One request, no retry, no breaker."""
+        response = await self.http.get("/trends")
         response.raise_for_status()
-        items = response.json()["items"]
-        assert isinstance(items, list)
-        return items
+        body: Any = response.json()
+        return [str(item) for item in body["items"]]
 
-    def _fetch_with_retries(self) -> list[Any]:
-        return self._retrying(self._fetch_once)
+    async def fetch_live(self) -> list[str]:
+        """Through the breaker, with retries; raises when the API (or the breaker) says no."""
+        return await self.breaker.call(
+            lambda: retry(
+                lambda: self.fetch_once(), self.settings.api_retry, transient=transient,
+                on_retry=self.on_retry, defect=self.defect,
+            )
+        )
 
-    def get_trends(self) -> list[Any]:
-        """Trends from the API, or the last good answer while it is failing."""
+    async def get_trends(self) -> Trends:
+        """Live trends, or the last good answer while the API is failing."""
         try:
-            items = self.breaker.call(self._fetch_with_retries)
-        except (pybreaker.CircuitBreakerError, httpx.HTTPError) as exc:
-            if self._cache is None:
-                raise TrendsUnavailable(str(exc)) from exc
-            return self._cache
-        self._cache = items
-        return items
+            items = await self.fetch_live()
+        except (BreakerOpen, httpx.HTTPError) as exc:
+            if self.last_good is None:
+                raise TrendsUnavailable(f"trends API failed: {exc!r}") from exc
+            if planted("no_fallback", self.defect):  # DEFECT no_fallback: the error reaches callers
+                raise TrendsUnavailable(f"trends API failed: {exc!r}") from exc
+            return Trends(self.last_good, stale=True)
+        self.last_good = items
+        return Trends(items, stale=False)

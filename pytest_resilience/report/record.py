@@ -68,7 +68,8 @@ class RunRecord:
                 if verdict.kind in ambient and verdict.passed:
                     quiet[verdict.kind] = quiet.get(verdict.kind, 0) + 1
                     continue
-                line = f"{verdict.status} {test.nodeid} {verdict.headline()}"
+                # node id first: `grep ^FAILED` keeps finding pytest's own lines only
+                line = f"{test.nodeid} {verdict.status} {verdict.headline()}"
                 if verdict.status == "FAILED" and test.outcome == "passed":
                     line += " (the test expected this failure and passed)"
                 lines.append(line)

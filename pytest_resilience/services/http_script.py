@@ -24,6 +24,11 @@ Grammar of the compact string form::
 
 Random delays draw from a ``random.Random`` the backend seeds per route, so a
 run replays with the same ``--resilience-seed``.
+
+The names (status, the socket faults, the options and mapping keys), which
+option applies to which fault, and the value rules (status 100-599, durations,
+delay kinds, dribble, Retry-After, times, size) come from
+:mod:`pytest_resilience.faults` (``HTTP_FAULTS``), read on every parse.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from email.utils import format_datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
+from pytest_resilience import faults
 from pytest_resilience.errors import ConfigError
+from pytest_resilience.faults import parse_duration
 
 if TYPE_CHECKING:
     from pytest_resilience.services.http_routes import RecordedRequest
@@ -70,9 +77,11 @@ __all__ = [
 
 README = "see the 'Fake HTTP backends' section of the pytest-resilience README"
 
+#: The socket faults, for type checkers (tests check it matches ``faults.socket_faults()``).
 FaultKind = Literal["empty", "malformed", "truncated", "garbage", "reset", "hang"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("empty", "malformed", "truncated", "garbage", "reset",
-                                      "hang")
+#: The socket faults of :data:`pytest_resilience.faults.HTTP_FAULTS` when this module was
+#: imported; validation reads ``faults.socket_faults()`` live.
+FAULT_KINDS: tuple[FaultKind, ...] = cast("tuple[FaultKind, ...]", faults.socket_faults())
 TRUNCATED_BODY = b'{"items": [1, 2, 3'
 TRUNCATED_LENGTH = 64
 
@@ -105,7 +114,7 @@ class Fixed(Delay):
     seconds: float
 
     def __post_init__(self) -> None:
-        _non_negative("delay", self.seconds)
+        faults.check_delay("fixed", (self.seconds,))
 
     def draw(self, rng: random.Random) -> float:
         return self.seconds
@@ -122,12 +131,7 @@ class Uniform(Delay):
     high: float
 
     def __post_init__(self) -> None:
-        _non_negative("uniform delay low", self.low)
-        _non_negative("uniform delay high", self.high)
-        if self.high < self.low:
-            raise ConfigError(
-                f"uniform delay: high ({self.high}) is below low ({self.low})"
-            )
+        faults.check_delay("uniform", (self.low, self.high))
 
     def draw(self, rng: random.Random) -> float:
         return rng.uniform(self.low, self.high)
@@ -148,8 +152,7 @@ class LogNormal(Delay):
     sigma: float
 
     def __post_init__(self) -> None:
-        _non_negative("lognormal delay median", self.median)
-        _non_negative("lognormal delay sigma", self.sigma)
+        faults.check_delay("lognormal", (self.median, self.sigma))
 
     def draw(self, rng: random.Random) -> float:
         if self.median == 0:
@@ -172,19 +175,10 @@ class Dribble:
     over: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1:
-            raise ConfigError(f"dribble: chunks must be a positive integer, got {self.chunks!r}")
-        _non_negative("dribble duration", self.over)
+        faults.check_dribble(self.chunks, self.over)
 
     def describe(self) -> str:
         return f"{self.chunks}/{_fmt_duration(self.over)}"
-
-
-def _non_negative(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{what} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a finite number >= 0 seconds, got {value!r}")
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -193,36 +187,8 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds * 1000:g}ms"
 
 
-_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|µs|ms|s|m)\s*$")
-_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-def parse_duration(value: object, what: str = "duration", *, unit_required: bool = False) -> float:
-    """``"100ms"`` / ``"1.5s"`` / ``250`` (seconds) -> seconds, or a ``ConfigError``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if unit_required:
-            raise ConfigError(f"{what} {value!r} needs a unit: e.g. 100ms or 1.5s")
-        _non_negative(what, value)
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("-"):
-            raise ConfigError(f"{what} {value!r} is negative; delays are >= 0")
-        m = _DURATION_RE.match(text)
-        if m is None:
-            if re.fullmatch(r"[0-9]*\.?[0-9]+", text):
-                raise ConfigError(f"{what} {value!r} needs a unit: e.g. {text}ms or {text}s")
-            raise ConfigError(
-                f"{what} {value!r} is not a duration; write e.g. 100ms, 1.5s or 250us"
-            )
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-        _non_negative(what, seconds)
-        return seconds
-    raise ConfigError(f"{what} must be a duration like '100ms' or a number of seconds, "
-                      f"got {value!r}")
-
-
-_FUNC_RE = re.compile(r"^\s*(uniform|lognormal)\s*\((.*)\)\s*$")
+_DELAYS: dict[str, Callable[..., Delay]] = {"fixed": Fixed, "uniform": Uniform,
+                                           "lognormal": LogNormal}
 
 
 def parse_delay(value: object, what: str = "delay", *, unit_required: bool = False) -> Delay:
@@ -230,53 +196,14 @@ def parse_delay(value: object, what: str = "delay", *, unit_required: bool = Fal
     ``"lognormal(100ms,0.5)"`` or a mapping ``{"uniform": [a, b]}`` -> :class:`Delay`."""
     if isinstance(value, Delay):
         return value
-    if isinstance(value, Mapping):
-        if len(value) != 1:
-            raise ConfigError(f"{what} {value!r}: expected one of {{'uniform': [low, high]}}, "
-                              "{'lognormal': [median, sigma]}, {'fixed': duration}")
-        ((kind, args),) = value.items()
-        if kind == "fixed":
-            return Fixed(parse_duration(args, what))
-        if kind in ("uniform", "lognormal") and isinstance(args, Sequence) \
-                and not isinstance(args, str) and len(args) == 2:
-            return parse_delay(f"{kind}({args[0]},{args[1]})", what)
-        raise ConfigError(f"{what} {value!r}: unknown delay kind {kind!r}; "
-                          "use fixed, uniform or lognormal")
-    if isinstance(value, str):
-        m = _FUNC_RE.match(value)
-        if m is not None:
-            kind, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
-            if len(args) != 2:
-                raise ConfigError(f"{what} {value!r}: {kind}() takes two arguments")
-            if kind == "uniform":
-                return Uniform(parse_duration(args[0], what, unit_required=unit_required),
-                               parse_duration(args[1], what, unit_required=unit_required))
-            median = parse_duration(args[0], what, unit_required=unit_required)
-            try:
-                sigma = float(args[1])
-            except ValueError:
-                raise ConfigError(f"{what} {value!r}: lognormal sigma {args[1]!r} is not a "
-                                  "number") from None
-            return LogNormal(median, sigma)
-    return Fixed(parse_duration(value, what, unit_required=unit_required))
+    kind, params = faults.delay_parts(value, what, unit_required=unit_required)
+    return _DELAYS[kind](*params)
 
 
 def _parse_dribble(value: object, what: str) -> Dribble:
     if isinstance(value, Dribble):
         return value
-    if isinstance(value, Mapping):
-        extra = set(value) - {"chunks", "over"}
-        if extra or "chunks" not in value or "over" not in value:
-            raise ConfigError(f"{what} {dict(value)!r}: expected {{'chunks': N, 'over': "
-                              "duration}")
-        return Dribble(value["chunks"], parse_duration(value["over"], what))
-    if isinstance(value, tuple) and len(value) == 2:
-        return Dribble(value[0], parse_duration(value[1], what))
-    if isinstance(value, str):
-        chunks, sep, over = value.partition("/")
-        if sep and chunks.strip().isdigit():
-            return Dribble(int(chunks), parse_duration(over, what, unit_required=True))
-    raise ConfigError(f"{what} {value!r}: expected N/DURATION, e.g. 5/1s (5 chunks over 1 s)")
+    return Dribble(*faults.dribble_parts(value, what))
 
 
 # ------------------------------------------------------------------------- actions
@@ -292,31 +219,6 @@ class Reply:
     body: bytes = b""
     delay: float = 0.0
     dribble: Dribble | None = None
-
-
-def _clean_headers(headers: object, what: str) -> tuple[tuple[str, str], ...]:
-    if headers is None:
-        return ()
-    items: Sequence[Any]
-    if isinstance(headers, Mapping):
-        items = list(headers.items())
-    elif isinstance(headers, Sequence) and not isinstance(headers, str | bytes):
-        items = list(headers)
-    else:
-        raise ConfigError(f"{what}: headers must be a mapping or a list of (name, value) pairs, "
-                          f"got {headers!r}")
-    out = []
-    for item in items:
-        if not (isinstance(item, tuple | list) and len(item) == 2):
-            raise ConfigError(f"{what}: header {item!r} is not a (name, value) pair")
-        name, value = item
-        if not isinstance(name, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-            raise ConfigError(f"{what}: {name!r} is not a valid header name")
-        value = str(value)
-        if "\r" in value or "\n" in value:
-            raise ConfigError(f"{what}: header {name} has a line break in its value")
-        out.append((name, value))
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -340,26 +242,18 @@ class Response:
                                                   default=())
 
     def __post_init__(self) -> None:
-        if isinstance(self.status, bool) or not isinstance(self.status, int) \
-                or not 100 <= self.status <= 599:
-            raise ConfigError(f"Response: status must be an integer 100-599, got "
-                              f"{self.status!r}")
+        faults.check_value("status", "status", self.status, label="Response", shown="status")
         given = [n for n, v in (("json", self.json is not _MISSING),
                                 ("text", self.text is not None),
                                 ("body", self.body is not None)) if v]
-        if len(given) > 1:
-            raise ConfigError(f"Response: give only one of json, text or body (got "
-                              f"{' and '.join(given)})")
+        faults.check_exclusive("status", given, "Response")
         if self.text is not None and not isinstance(self.text, str):
             raise ConfigError(f"Response: text must be a str, got {type(self.text).__name__}")
         if self.body is not None and not isinstance(self.body, bytes | bytearray):
             raise ConfigError(f"Response: body must be bytes, got {type(self.body).__name__}")
         if self.json is not _MISSING:
-            try:
-                _json.dumps(self.json)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"Response: json is not JSON-serialisable: {exc}") from None
-        object.__setattr__(self, "_headers", _clean_headers(self.headers, "Response"))
+            faults.check_value("status", "json", self.json, label="Response", shown="json")
+        object.__setattr__(self, "_headers", faults.check_headers(self.headers, "Response"))
         if self.delay is not None:
             object.__setattr__(self, "_delay", parse_delay(self.delay, "Response: delay"))
         if self.dribble is not None:
@@ -422,11 +316,13 @@ class Fault:
     _delay: Delay | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.kind not in FAULT_KINDS:
+        kinds = faults.socket_faults()
+        if self.kind not in kinds:
             raise ConfigError(f"Fault: unknown kind {self.kind!r}; choose one of "
-                              f"{', '.join(FAULT_KINDS)}")
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ConfigError(f"Fault: size must be a positive integer, got {self.size!r}")
+                              f"{', '.join(kinds)}")
+        # Only faults with a size (garbage) use it; the rule is the same for all.
+        sized = self.kind if faults.get(self.kind).attribute("size") else "garbage"
+        faults.check_value(sized, "size", self.size, label="Fault", shown="size")
         if self.delay is not None:
             object.__setattr__(self, "_delay", parse_delay(self.delay, "Fault: delay"))
 
@@ -493,7 +389,7 @@ class Step:
     def __post_init__(self) -> None:
         if self.count is not None and (isinstance(self.count, bool)
                                        or not isinstance(self.count, int) or self.count < 1):
-            raise ConfigError(f"step {self.describe()!r}: times must be a positive integer, "
+            raise ConfigError(f"step {self.describe()!r}: times must be {faults.TIMES.bounds}, "
                               f"got {self.count!r}")
 
     def times(self, n: int) -> Step:
@@ -543,23 +439,51 @@ def too_many_requests(retry_after: int | datetime | None = None, **kwargs: Any) 
 
 
 def _retry_after_value(after: object, what: str) -> str:
+    after = faults.check_retry_after(after, what)
     if isinstance(after, datetime):
         when = after if after.tzinfo else after.replace(tzinfo=UTC)
         return format_datetime(when.astimezone(UTC), usegmt=True)
-    if isinstance(after, int) and not isinstance(after, bool) and after >= 0:
-        return str(after)
-    if isinstance(after, str) and after.isdigit():
-        return after
-    raise ConfigError(f"{what}: Retry-After must be whole seconds >= 0 or a datetime, got "
-                      f"{after!r} (clients such as urllib3 ignore fractional values)")
+    return str(after)
 
 
 # -------------------------------------------------------------------------- parsing
 
 _OPTION_RE = re.compile(r"^(x\d+|x\*|forever|[a-z][a-z_-]*=\S*)$")
-_STRING_OPTIONS = ("xN", "x*", "forever", "delay=", "dribble=", "retry-after=", "content-type=")
-_MAPPING_KEYS = ("status", "json", "text", "body", "headers", "delay", "dribble", "times",
-                 "fault", "retry_after", "size")
+
+
+def _join(items: Sequence[str]) -> str:
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
+
+
+def _string_options(fault: faults.FaultDef | None = None) -> list[str]:
+    """The compact form's options (of one fault) as messages list them: ``xN, x*, forever,
+    delay=, ...``, from :mod:`pytest_resilience.faults`."""
+    if fault is None:
+        return ["xN", "x*", "forever", *(f"{o}=" for o in faults.string_options())]
+    return ["xN", "forever", *(f"{a.option}=" for a in fault.all_attributes if a.option)]
+
+
+def _mapping_keys() -> list[str]:
+    """Every key of the mapping form: a response's attributes, ``fault``, the faults' ones."""
+    keys = dict.fromkeys(a.name for a in faults.get("status").all_attributes)
+    keys["fault"] = None
+    for fault in faults.HTTP_FAULTS.values():
+        keys.update(dict.fromkeys(a.name for a in fault.all_attributes))
+    return list(keys)
+
+
+def _taking(key: str) -> list[str]:
+    """The socket faults that take the attribute ``key``."""
+    return [f for f in faults.socket_faults() if faults.get(f).attribute(key) is not None]
+
+
+def _status_range() -> tuple[int, int]:
+    status = faults.get("status").attribute("status")
+    assert status is not None, "faults.HTTP_FAULTS['status'] has a status attribute"
+    low, high = status.minimum, status.maximum
+    assert low is not None, "the status attribute has a minimum"
+    assert high is not None, "the status attribute has a maximum"
+    return int(low), int(high)
 
 
 def parse_step(value: object, where: str) -> Step:
@@ -600,6 +524,7 @@ def _parse_string(text: str, where: str) -> Step:
     rest = rest.lstrip()
     count: int | None = 1
     options: dict[str, str] = {}
+    known = faults.string_options()
     while rest:
         token, _, after = rest.partition(" ")
         if not _OPTION_RE.match(token):
@@ -613,8 +538,9 @@ def _parse_string(text: str, where: str) -> Step:
         else:
             key, _, val = token.partition("=")
             key = key.replace("_", "-")
-            if key not in ("delay", "dribble", "retry-after", "content-type"):
-                raise fail(f"unknown option {key!r}; valid options: {', '.join(_STRING_OPTIONS)}")
+            if key not in known:
+                raise fail(f"unknown option {key!r}; valid options: "
+                           f"{', '.join(_string_options())}")
             if key in options:
                 raise fail(f"option {key!r} given twice")
             if not val:
@@ -626,17 +552,30 @@ def _parse_string(text: str, where: str) -> Step:
     try:
         delay = parse_delay(options["delay"], "delay", unit_required=True) \
             if "delay" in options else None
-        if head in FAULT_KINDS:
-            for key in ("dribble", "retry-after", "content-type"):
-                if key in options:
+        socket_faults = faults.socket_faults()
+        if head in socket_faults:
+            fault = faults.get(head)
+            for key in options:
+                if fault.option(key) is None:
                     raise fail(f"option {key!r} does not apply to the fault {head!r}")
             if body:
-                raise fail(f"the fault {head!r} takes no body (got {body!r}); only xN, "
-                           "forever and delay= apply")
-            return Step(Fault(head, delay), count, text)
-        if not re.fullmatch(r"[1-5][0-9][0-9]", head):
-            raise fail(f"{head!r} is not a status code (100-599) or a fault "
-                       f"({', '.join(FAULT_KINDS)})")
+                raise fail(f"the fault {head!r} takes no body (got {body!r}); only "
+                           f"{_join(_string_options(fault))} apply")
+            extra: dict[str, Any] = {}
+            if "size" in options:
+                raw = options["size"]
+                extra["size"] = int(raw) if raw.isdigit() else raw  # Fault names a bad one
+            return Step(Fault(cast(FaultKind, head), delay, **extra), count, text)
+        low, high = _status_range()
+        if not (head.isascii() and head.isdigit() and str(int(head)) == head
+                and low <= int(head) <= high):
+            raise fail(f"{head!r} is not a status code ({low}-{high}) or a fault "
+                       f"({', '.join(socket_faults)})")
+        status = faults.get("status")
+        for key in options:
+            if status.option(key) is None:
+                raise fail(f"option {key!r} does not apply to a status response, only to the "
+                           f"fault {_join(_taking(_attribute_of(key)))}")
         headers: dict[str, str] = {}
         if "retry-after" in options:
             headers["Retry-After"] = _retry_after_value(options["retry-after"], "retry-after")
@@ -660,41 +599,56 @@ def _parse_string(text: str, where: str) -> Step:
     return Step(response, count, text)
 
 
+def _attribute_of(option: str) -> str:
+    """The attribute name of a compact-form option (``retry-after`` -> ``retry_after``)."""
+    return faults.string_options().get(option, option)
+
+
 def _parse_mapping(value: Mapping[str, Any], where: str) -> Step:
     shown = dict(value)
-    unknown = [k for k in value if k not in _MAPPING_KEYS]
+    keys = _mapping_keys()
+    unknown = [k for k in value if k not in keys]
     if unknown:
         raise ConfigError(f"{where} {shown!r}: unknown key {unknown[0]!r}; valid keys: "
-                          f"{', '.join(_MAPPING_KEYS)} ({README})")
-    raw_count = value.get("times", 1)
-    count: int | None
-    if raw_count in ("forever", "*", None):
-        count = None
-    elif isinstance(raw_count, int) and not isinstance(raw_count, bool) and raw_count >= 1:
-        count = raw_count
-    else:
-        raise ConfigError(f"{where} {shown!r}: times must be a positive integer or 'forever', "
-                          f"got {raw_count!r}")
+                          f"{', '.join(keys)} ({README})")
+    count = faults.parse_times(value.get("times", 1), f"{where} {shown!r}: times")
 
     def build() -> Step:
-        if "fault" in value:
-            extra = [k for k in value if k not in ("fault", "delay", "times", "size")]
-            if extra:
-                raise ConfigError(f"key {extra[0]!r} does not apply to a fault")
-            return Step(Fault(value["fault"], value.get("delay"), value.get("size", 64)), count)
-        if "size" in value:
-            raise ConfigError("key 'size' applies only to faults")
-        headers = dict(_clean_headers(value.get("headers"), "headers"))
+        kind = value.get("fault", "status")
+        if kind != "status":
+            fault = faults.HTTP_FAULTS.get(kind) if isinstance(kind, str) else None
+            if fault is not None:
+                extra = [k for k in value if k != "fault" and fault.attribute(k) is None]
+                if extra:
+                    raise ConfigError(f"key {extra[0]!r} does not apply to a fault (the fault "
+                                      f"{kind!r} takes {', '.join(['fault', *_keys_of(fault)])})")
+            size = {"size": value["size"]} if "size" in value else {}
+            return Step(Fault(kind, value.get("delay"), **size), count)
+        status = faults.get("status")
+        extra = [k for k in value if k != "fault" and status.attribute(k) is None]
+        if extra:
+            raise ConfigError(f"key {extra[0]!r} applies only to faults "
+                              f"({', '.join(_taking(extra[0]))})")
+        headers = dict(faults.check_headers(value.get("headers"), "headers"))
         if value.get("retry_after") is not None:
             headers["Retry-After"] = _retry_after_value(value["retry_after"], "retry_after")
+        if value.get("content_type") is not None:
+            headers["Content-Type"] = faults.check_value(
+                "status", "content_type", value["content_type"], label="", shown="content_type")
         body = value.get("body")
         if isinstance(body, str):
             body = body.encode()
-        return Step(Response(value.get("status", 200), json=value.get("json", _MISSING),
-                             text=value.get("text"), body=body, headers=headers or None,
-                             delay=value.get("delay"), dribble=value.get("dribble")), count)
+        status_default = status.attribute("status")
+        return Step(Response(value.get("status", status_default and status_default.default),
+                             json=value.get("json", _MISSING), text=value.get("text"),
+                             body=body, headers=headers or None, delay=value.get("delay"),
+                             dribble=value.get("dribble")), count)
 
     return _wrap(where, repr(shown), build)
+
+
+def _keys_of(fault: faults.FaultDef) -> list[str]:
+    return [a.name for a in fault.all_attributes]
 
 
 @dataclass(frozen=True)

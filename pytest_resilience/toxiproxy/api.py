@@ -5,7 +5,9 @@ Toxiproxy endpoints, status codes and error bodies follow toxiproxy-server
 
 * attribute values that crash the real server (negative ``bandwidth.rate``,
   ``slicer.average_size`` < 1, ``slicer.size_variation`` outside
-  ``0..average_size``) are answered with 400 and a message saying why;
+  ``0..average_size``) are answered with 400 and a message saying why (the
+  toxic types, their attributes and these rules come from
+  :mod:`pytest_resilience.faults`);
 * a PATCH of a toxic is atomic (Go may half-apply a body with a type error).
 
 ``/metrics`` is routed only when the engine runs with ``proxy_metrics``
@@ -37,6 +39,7 @@ import posixpath
 import time
 from typing import Any
 
+from pytest_resilience.faults import STREAM
 from pytest_resilience.toxiproxy.events import EventLog
 from pytest_resilience.toxiproxy.gojson import (
     ApiError,
@@ -47,7 +50,6 @@ from pytest_resilience.toxiproxy.gojson import (
 )
 from pytest_resilience.toxiproxy.http import Request, Response
 from pytest_resilience.toxiproxy.proxy import (
-    DIRECTIONS,
     ListenError,
     Proxy,
     ProxyCollection,
@@ -55,7 +57,12 @@ from pytest_resilience.toxiproxy.proxy import (
     resolve_listen,
     resolved_string,
 )
-from pytest_resilience.toxiproxy.toxics import TOXIC_TYPES, ToxicConfig, validate_attributes
+from pytest_resilience.toxiproxy.toxics import (
+    ToxicConfig,
+    attribute_default,
+    toxic_layout,
+    validate_attributes,
+)
 
 __all__ = ["TOXIPROXY_VERSION", "Api"]
 
@@ -338,12 +345,11 @@ class Api:
             )
         stream = fields.get("stream", "downstream")
         direction = stream.lower()
-        if direction not in DIRECTIONS:
+        if direction not in STREAM.choices:
             raise ApiError(400, "stream was invalid, can be either upstream or downstream")
         toxic_type = fields.get("type", "")
         toxic_name = fields.get("name", "") or f"{toxic_type}_{stream}"
-        if toxic_type not in TOXIC_TYPES:
-            raise ApiError(400, "invalid toxic type")
+        _layout(toxic_type)
         if proxy.find_toxic(toxic_name) is not None:
             raise ApiError(409, "toxic already exists")
         attributes = self._attributes(toxic_type, raw_attrs, {})
@@ -360,13 +366,15 @@ class Api:
 
     @staticmethod
     def _attributes(toxic_type: str, raw: Any, current: dict[str, int]) -> dict[str, int]:
-        struct_name, names = TOXIC_TYPES[toxic_type]
+        struct_name, names = _layout(toxic_type)
         go_type = GO_ATTRIBUTE_TYPE.get(toxic_type, "int64")
         given = decode_fields(
             raw, dict.fromkeys(names, go_type), struct_name, f"toxics.{struct_name}",
             "attributes.",
         )
-        attributes = {n: given.get(n, current.get(n, 0)) for n in names}
+        attributes = {
+            n: given.get(n, current.get(n, attribute_default(toxic_type, n))) for n in names
+        }
         validate_attributes(toxic_type, attributes)
         return attributes
 
@@ -389,7 +397,7 @@ class Api:
         data = decode_body(request.body)
         fields = decode_fields(data, TOXIC_UPDATE_FIELDS, "", GO_TOXIC_UPDATE)
         raw_attrs = fields.get("attributes")
-        struct_name = TOXIC_TYPES[toxic.type][0]
+        struct_name = _layout(toxic.type)[0]
         if raw_attrs is not None and not isinstance(raw_attrs, dict):
             raise ApiError(
                 400,
@@ -497,6 +505,14 @@ class Api:
                 "events_next": self.events.next_seq,
             }
         )
+
+
+def _layout(toxic_type: str) -> tuple[str, tuple[str, ...]]:
+    """The toxic type's Go struct and attribute names, or toxiproxy-server's 400."""
+    layout = toxic_layout(toxic_type)
+    if layout is None:
+        raise ApiError(400, "invalid toxic type")
+    return layout
 
 
 def _label(value: str) -> str:

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
+from pytest_resilience import faults
 from pytest_resilience.errors import ConfigError, ResilienceError, ServiceError
 
 if TYPE_CHECKING:
@@ -65,19 +66,33 @@ __all__ = [
 
 DEFAULT_URL = "http://127.0.0.1:8474"
 USER_AGENT = "pytest-resilience-toxiproxy-client"
-STREAMS = ("upstream", "downstream")
+#: The directions a toxic can act on (from :data:`pytest_resilience.faults.STREAM`).
+STREAMS = faults.STREAM.choices
 
-#: Every toxic type of Toxiproxy 2.x and its attributes (all integers, all optional).
-TOXIC_TYPES: dict[str, tuple[str, ...]] = {
-    "latency": ("latency", "jitter"),
-    "bandwidth": ("rate",),
-    "slow_close": ("delay",),
-    "timeout": ("timeout",),
-    "reset_peer": ("timeout",),
-    "slicer": ("average_size", "size_variation", "delay"),
-    "limit_data": ("bytes",),
-    "noop": (),
-}
+
+class _ToxicTypes(Mapping[str, tuple[str, ...]]):
+    """Toxic type -> its attribute names: a live view of :mod:`pytest_resilience.faults`
+    (a toxic registered there is known here at once)."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        fault = faults.NETWORK_FAULTS.get(name)
+        if fault is None or not fault.toxic:
+            raise KeyError(name)
+        return fault.attribute_names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(faults.toxic_types())
+
+    def __len__(self) -> int:
+        return len(faults.toxic_types())
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: Every toxic type of Toxiproxy 2.x and its attributes (all integers), from
+#: :data:`pytest_resilience.faults.NETWORK_FAULTS`.
+TOXIC_TYPES: Mapping[str, tuple[str, ...]] = _ToxicTypes()
 
 _EXTENSION_PREFIX = "/x-resilience"
 
@@ -192,23 +207,30 @@ def _check_int(argument: str, value: object, *, what: str, minimum: int = 0) -> 
 
 
 def _check_stream(value: object) -> str:
-    if not isinstance(value, str) or value.lower() not in STREAMS:
-        raise ConfigError(f"'stream' must be one of {', '.join(STREAMS)}, got {value!r}")
-    return value.lower()
+    stream: str = faults.STREAM.check(value)
+    return stream
 
 
 def _check_toxicity(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"'toxicity' must be a number from 0 to 1, got {value!r}")
-    return float(value)
+    toxicity: float = faults.TOXICITY.check(value)
+    return toxicity
 
 
 def _check_type(value: object) -> str:
-    if not isinstance(value, str) or value not in TOXIC_TYPES:
+    types = faults.toxic_types()
+    if not isinstance(value, str) or value not in types:
         raise ConfigError(
-            f"'type' must be one of {', '.join(TOXIC_TYPES)} (a toxic type), got {value!r}"
+            f"'type' must be one of {', '.join(types)} (a toxic type), got {value!r}"
         )
     return value
+
+
+def _fault_args(type: str, **arguments: tuple[str, object]) -> dict[str, int]:
+    """Attributes for a typed fault helper: ``attribute=(argument name, value)``, checked by
+    the rules of :mod:`pytest_resilience.faults`; messages name the helper's argument."""
+    values = {attribute: value for attribute, (_, value) in arguments.items()}
+    shown = {attribute: repr(argument) for attribute, (argument, _) in arguments.items()}
+    return faults.check_attributes(type, values, options=False, shown=shown)
 
 
 def validate_toxic(
@@ -221,31 +243,14 @@ def validate_toxic(
 ) -> dict[str, Any]:
     """Check a toxic's fields and return the JSON body for ``POST .../toxics``.
 
-    Raises :class:`ConfigError` naming the bad argument. Catches the values
-    that crash a real toxiproxy-server (negative bandwidth, slicer sizes).
+    Raises :class:`ConfigError` naming the bad argument. The names and rules
+    come from :mod:`pytest_resilience.faults`; they catch the values that crash
+    a real toxiproxy-server (negative bandwidth, slicer sizes).
     """
     type = _check_type(type)
     stream = _check_stream(stream)
     toxicity = _check_toxicity(toxicity)
-    attrs = dict(attributes or {})
-    known = TOXIC_TYPES[type]
-    for key, value in attrs.items():
-        if key not in known:
-            valid = ", ".join(known) or "none"
-            raise ConfigError(
-                f"{type} toxic: unknown attribute {key!r} (valid attributes: {valid})"
-            )
-        _check_int(key, value, what=f"{type} toxic")
-    if type == "slicer":
-        average = attrs.get("average_size", 0)
-        variation = attrs.get("size_variation", 0)
-        if average < 1:
-            raise ConfigError(f"slicer toxic: 'average_size' must be >= 1, got {average!r}")
-        if variation > average:
-            raise ConfigError(
-                f"slicer toxic: 'size_variation' ({variation}) must not exceed "
-                f"'average_size' ({average})"
-            )
+    attrs = faults.check_attributes(type, dict(attributes or {}), options=False)
     body: dict[str, Any] = {
         "type": type,
         "stream": stream,
@@ -253,7 +258,7 @@ def validate_toxic(
         "attributes": attrs,
     }
     if name is not None:
-        body["name"] = _check_name("name", name)
+        body["name"] = faults.TOXIC_NAME.check(name)
     return body
 
 
@@ -443,45 +448,38 @@ class _AsyncFault(Generic[_T]):
 
 
 class _FaultArgs:
-    """Validation and attribute building shared by the sync and async fault helpers."""
+    """Attribute building shared by the sync and async fault helpers: the helpers' argument
+    names mapped to the attributes of :mod:`pytest_resilience.faults`, which checks them."""
 
     @staticmethod
     def latency(ms: int, jitter: int) -> dict[str, int]:
-        return {"latency": _check_int("ms", ms, what="latency toxic"),
-                "jitter": _check_int("jitter", jitter, what="latency toxic")}
+        return _fault_args("latency", latency=("ms", ms), jitter=("jitter", jitter))
 
     @staticmethod
     def bandwidth(rate: int) -> dict[str, int]:
-        return {"rate": _check_int("rate", rate, what="bandwidth toxic")}
+        return _fault_args("bandwidth", rate=("rate", rate))
 
     @staticmethod
     def slow_close(delay: int) -> dict[str, int]:
-        return {"delay": _check_int("delay", delay, what="slow_close toxic")}
+        return _fault_args("slow_close", delay=("delay", delay))
 
     @staticmethod
     def timeout(ms: int) -> dict[str, int]:
-        return {"timeout": _check_int("ms", ms, what="timeout toxic")}
+        return _fault_args("timeout", timeout=("ms", ms))
 
     @staticmethod
     def reset_peer(ms: int) -> dict[str, int]:
-        return {"timeout": _check_int("ms", ms, what="reset_peer toxic")}
+        return _fault_args("reset_peer", timeout=("ms", ms))
 
     @staticmethod
     def slicer(average_size: int, size_variation: int, delay_us: int) -> dict[str, int]:
-        what = "slicer toxic"
-        average = _check_int("average_size", average_size, what=what, minimum=1)
-        variation = _check_int("size_variation", size_variation, what=what)
-        if variation > average:
-            raise ConfigError(
-                f"slicer toxic: 'size_variation' ({variation}) must not exceed "
-                f"'average_size' ({average})"
-            )
-        return {"average_size": average, "size_variation": variation,
-                "delay": _check_int("delay_us", delay_us, what=what)}
+        return _fault_args("slicer", average_size=("average_size", average_size),
+                           size_variation=("size_variation", size_variation),
+                           delay=("delay_us", delay_us))
 
     @staticmethod
     def limit_data(nbytes: int) -> dict[str, int]:
-        return {"bytes": _check_int("bytes", nbytes, what="limit_data toxic")}
+        return _fault_args("limit_data", bytes=("bytes", nbytes))
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pytest_resilience import faults
 from pytest_resilience.toxiproxy.gojson import ApiError, f32
 
 if TYPE_CHECKING:
@@ -30,26 +31,40 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSE",
     "EOF",
-    "TOXIC_TYPES",
     "Marker",
     "Receiver",
     "Stage",
     "ToxicConfig",
     "make_stage",
+    "toxic_layout",
     "validate_attributes",
 ]
 
-#: type -> (Go struct name, attribute names in Go field order)
-TOXIC_TYPES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "latency": ("LatencyToxic", ("latency", "jitter")),
-    "bandwidth": ("BandwidthToxic", ("rate",)),
-    "slow_close": ("SlowCloseToxic", ("delay",)),
-    "timeout": ("TimeoutToxic", ("timeout",)),
-    "reset_peer": ("ResetToxic", ("timeout",)),
-    "slicer": ("SlicerToxic", ("average_size", "size_variation", "delay")),
-    "limit_data": ("LimitDataToxic", ("bytes",)),
-    "noop": ("NoopToxic", ()),
-}
+#: Go struct names that do not follow ``<CamelCaseType>Toxic`` (toxics/reset_peer.go).
+GO_STRUCT_NAMES = {"reset_peer": "ResetToxic"}
+
+
+def toxic_layout(toxic_type: str) -> tuple[str, tuple[str, ...]] | None:
+    """``(Go struct name, attribute names in Go field order)`` of a toxic type the engine
+    runs, or ``None`` (answered ``400 invalid toxic type``).
+
+    The types and their attributes come from :mod:`pytest_resilience.faults`; a
+    type is run here only when it also has a stage in ``_STAGES``, so a toxic
+    registered in ``faults`` alone is validated by the client but refused here.
+    """
+    fault = faults.NETWORK_FAULTS.get(toxic_type)
+    if fault is None or not fault.toxic or toxic_type not in _STAGES:
+        return None
+    struct = GO_STRUCT_NAMES.get(toxic_type) or (
+        "".join(part.title() for part in toxic_type.split("_")) + "Toxic"
+    )
+    return struct, fault.attribute_names
+
+
+def attribute_default(toxic_type: str, name: str) -> int:
+    """What toxiproxy-server assumes for an omitted attribute (Go's zero value)."""
+    attr = faults.get(toxic_type).attribute(name)
+    return 0 if attr is None or attr.default is None else int(attr.default)
 
 #: Longest single timer we arm (a month); longer waits behave as "forever".
 MAX_WAIT = 30 * 24 * 3600.0
@@ -102,28 +117,19 @@ class ToxicConfig:
 
 
 def validate_attributes(toxic_type: str, attrs: dict[str, int]) -> None:
-    """Reject values that crash toxiproxy-server (400 instead of a dead process)."""
-    if toxic_type == "bandwidth" and attrs.get("rate", 0) < 0:
+    """Reject values that crash toxiproxy-server (400 instead of a dead process).
+
+    Which values those are is :mod:`pytest_resilience.faults`' business (the
+    attributes with a ``crash`` reason); every other value is accepted, as the
+    real server accepts it (a negative latency acts as 0).
+    """
+    bad = faults.crash_violation(toxic_type, attrs)
+    if bad is not None:
         raise ApiError(
             400,
-            "invalid toxic attributes: bandwidth rate must be >= 0 "
-            "(a negative rate crashes toxiproxy-server)",
+            f"invalid toxic attributes: {bad.fault} {bad.attribute} must be {bad.rule} "
+            f"({bad.why})",
         )
-    if toxic_type == "slicer":
-        avg = attrs.get("average_size", 0)
-        var = attrs.get("size_variation", 0)
-        if avg < 1:
-            raise ApiError(
-                400,
-                "invalid toxic attributes: slicer average_size must be >= 1 "
-                "(0 or less makes toxiproxy-server recurse until it crashes)",
-            )
-        if var < 0 or var > avg:
-            raise ApiError(
-                400,
-                "invalid toxic attributes: slicer size_variation must be between 0 and "
-                "average_size (a larger one crashes toxiproxy-server)",
-            )
 
 
 def _clamp_wait(seconds: float) -> float:

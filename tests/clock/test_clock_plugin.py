@@ -107,7 +107,7 @@ def test_marker_and_fixture_in_strict_mode(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*= resilience =*",
-            "WARNING test_strict.py::test_aiobreaker_report clock-sources: * [[]mixed[]] "
+            "test_strict.py::test_aiobreaker_report WARNING clock-sources: * [[]mixed[]] "
             "aiobreaker: mixes datetime.utcnow() (naive UTC) with datetime.now() (naive "
             "local time)*",
         ]

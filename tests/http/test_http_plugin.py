@@ -139,8 +139,8 @@ def test_a_test_that_did_not_pass_gets_no_extra_teardown_error(tester: pytest.Py
          "*ConfigError: GET /x step 1 '200 delay=-10ms': delay '-10ms' is negative*"),
         ('[{"status": 200, "jsn": {}}]',
          "*ConfigError: GET /x step 1 {'status': 200, 'jsn': {}}: unknown key 'jsn'; valid "
-         "keys: status, json, text, body, headers, delay, dribble, times, fault, retry_after, "
-         "size*"),
+         "keys: status, json, text, body, headers, delay, dribble, retry_after, content_type, "
+         "times, fault, size*"),
     ],
 )
 def test_bad_scripts_are_config_errors(tester: pytest.Pytester, script: str,

@@ -91,7 +91,7 @@ def test_every_leak_is_an_error_at_teardown(leaks_run: InnerRun) -> None:
     leaks_run.fnmatch_lines(["*= resilience =*", "*= 9 passed, 9 errors in *"])
     # one summary line per leak verdict, built from the verdicts (not from report text)
     assert len([line for line in leaks_run.text.splitlines()
-                if line.startswith("FAILED test_leaks.py::") and " leaks: " in line]) == 9
+                if line.startswith("test_leaks.py::") and " FAILED leaks: " in line]) == 9
 
 
 @pytest.mark.parametrize(

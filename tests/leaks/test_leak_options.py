@@ -68,7 +68,7 @@ def test_option_fail_checks_every_test(tmp_path: Path) -> None:
         "*[[]file] file left open: fd *: file */f.txt",
         "*created at test_leaky.py:7 in test_leaks_a_file*",
         "*= resilience =*",
-        "FAILED test_leaky.py::test_leaks_a_file leaks: no leaked resources -- "
+        "test_leaky.py::test_leaks_a_file FAILED leaks: no leaked resources -- "
         "1 leaked (1 file)",
         "*2 passed, 1 error*",
     ])
@@ -88,7 +88,7 @@ def test_ini_twin_and_warn_mode(tmp_path: Path) -> None:
     result.fnmatch_lines([
         "*ResourceLeakWarning: test_leaky.py::test_leaks_a_file: 1 leaked (1 file)*",
         "*= resilience =*",
-        "WARNING test_leaky.py::test_leaks_a_file leaks: no leaked resources -- "
+        "test_leaky.py::test_leaks_a_file WARNING leaks: no leaked resources -- "
         "1 leaked (1 file)",
         "*2 passed, 1 warning*",
     ])

@@ -1,0 +1,69 @@
+"""Thin adapters from the claims to plain values, for the scenario files in
+``scenarios/`` (a scenario's ``expect`` compares values; the claims return rich
+objects for the Python tests). Each takes the services by parameter name, as the
+scenario runner binds them: ``trends_api_url``, ``postgres_dsn``."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from . import claims
+from .tasks import TaskExecutor
+from .trends import Trends
+
+
+def _plain(served: object) -> Any:
+    if isinstance(served, Trends):
+        return {"items": served.items, "stale": served.stale}
+    if isinstance(served, claims.Failed):
+        return {"failed": served.error.split(":", 1)[0]}
+    return served
+
+
+async def fetch_with_retries(trends_api_url: str) -> Any:
+    """One ``get_trends()`` through the retry policy (the API is scripted to fail first)."""
+    run = await claims.api_retry_backoff(trends_api_url=trends_api_url, calls=1)
+    return _plain(run.served[0])
+
+
+async def served_while_api_down(trends_api_url: str, calls: int = 8) -> list[Any]:
+    """What each call served while the API went down after one good answer."""
+    served = await claims.fallback_while_api_down(trends_api_url=trends_api_url, calls=calls)
+    return [_plain(s) for s in served]
+
+
+async def breaker_states(trends_api_url: str) -> list[str]:
+    """The breaker's states through an outage and a recovery (on the virtual clock)."""
+    run = await claims.breaker_opens_and_recovers(trends_api_url=trends_api_url)
+    return list(run.observer.states())
+
+
+async def health_grades(postgres_dsn: str) -> dict[str, str]:
+    """The pool-health monitor's grade for an idle, busy, exhausted and released pool."""
+    report = await claims.pool_health_grades(postgres_dsn=postgres_dsn)
+    return {phase: health.grade for phase, health in report.items()}
+
+
+async def hour_long_task(work_minutes: int = 60) -> str:
+    """A one-hour job through the task executor (raises when it is cut off)."""
+    import asyncio
+
+    from .config import TESTING
+
+    executor = TaskExecutor(TESTING.task_timeout)
+
+    async def reindex() -> str:
+        for _ in range(work_minutes):
+            await asyncio.sleep(60)
+        return "done"
+
+    return await executor.run("reindex", reindex)
+
+
+async def serve_then_stop(postgres_dsn: str, trends_api_url: str) -> dict[str, int]:
+    """Start the ASGI app, serve each endpoint once, shut down; the status per path."""
+    with tempfile.TemporaryDirectory(prefix="content-service-") as workdir:
+        run = await claims.serve_and_shut_down(postgres_dsn=postgres_dsn,
+                                               trends_api_url=trends_api_url, workdir=workdir)
+    return {path: status for path, (status, _) in run.responses.items()}

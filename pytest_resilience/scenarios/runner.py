@@ -1,0 +1,481 @@
+"""Running one scenario: services up, the target driven, faults applied on a timeline,
+every expectation judged as a Verdict; on failure the verdict tables and the fault
+timeline as it actually ran.
+
+The timeline is evaluated at call boundaries of the drive (before each call, on the
+scenario's clock), so a scenario runs the same way on the real and the virtual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_resilience.scenarios.schema import Backoff, FaultStep, Scenario
+from pytest_resilience.verdicts.core import Verdict, VerdictFailed, collect, fmt_s, render_table
+
+__all__ = ["run_scenario"]
+
+README = "see 'Scenarios' in the pytest-resilience README"
+
+
+class ScenarioUsageError(Exception):
+    pass
+
+
+def _fail(message: str) -> None:
+    __tracebackhide__ = True
+    pytest.fail(f"{message} ({README})", pytrace=False)
+
+
+@dataclass
+class ServiceHandle:
+    name: str
+    kind: str  # postgres | http | tcp
+    address: str
+    proxy: Any = None  # a client Proxy when the service is behind one
+    backend: Any = None  # the HttpBackend
+
+
+@dataclass
+class Call:
+    index: int
+    started: float  # seconds since the drive started, on the scenario's clock
+    elapsed: float
+    value: Any = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Timeline:
+    """The fault steps as they actually ran."""
+
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+    def note(self, at: float, text: str) -> None:
+        self.events.append((at, text))
+
+    def text(self) -> str:
+        if not self.events:
+            return "fault timeline: (no faults)"
+        rows = [[f"+{fmt_s(at)}", what] for at, what in self.events]
+        return "fault timeline as it ran:\n" + render_table(["at", "what"], rows)
+
+
+def _import(path: str, what: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ScenarioUsageError(f"{what}: cannot import {module_name!r}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ScenarioUsageError(f"{what}: {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+def _needs_proxy(scenario: Scenario, name: str, kind: str) -> bool:
+    spec = scenario.services.get(name)
+    if spec is not None and spec.proxy is not None:
+        return spec.proxy
+    if kind in ("postgres", "tcp"):
+        return True
+    return any(step.on == name for step in scenario.faults)
+
+
+def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[str, ServiceHandle]:
+    handles: dict[str, ServiceHandle] = {}
+    for name, spec in scenario.services.items():
+        if name == "postgres" or (spec is not None and spec.routes is None and spec.tcp is None):
+            if name != "postgres":
+                raise ScenarioUsageError(
+                    f"services.{name}: give 'routes' (an HTTP backend) or 'tcp' (host:port); "
+                    "only the service named 'postgres' needs nothing")
+            proxy = request.getfixturevalue("pg_proxy")
+            handles[name] = ServiceHandle(name, "postgres", proxy.dsn, proxy=proxy)
+        elif spec is not None and spec.routes is not None:
+            backends = request.getfixturevalue("http_backends")
+            backend = backends(spec.routes, name=name, seed=scenario.seed,
+                               assert_all_used=False)
+            if _needs_proxy(scenario, name, "http"):
+                proxied = backend.via_proxy()
+                handles[name] = ServiceHandle(name, "http", proxied.url, proxy=proxied.proxy,
+                                              backend=backend)
+            else:
+                handles[name] = ServiceHandle(name, "http", backend.url, backend=backend)
+        elif spec is not None and spec.tcp is not None:
+            host, _, port = spec.tcp.rpartition(":")
+            proxy_for = request.getfixturevalue("proxy_for")
+            proxy = proxy_for(host, int(port), name=name)
+            handles[name] = ServiceHandle(name, "tcp", f"{proxy.host}:{proxy.port}", proxy=proxy)
+    return handles
+
+
+def _bind(fn: Callable[..., Any], services: dict[str, ServiceHandle],
+          args: dict[str, Any]) -> dict[str, Any]:
+    bound: dict[str, Any] = {}
+    for pname, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        base = pname
+        for suffix in ("_url", "_dsn", "_address"):
+            if pname.endswith(suffix) and pname[: -len(suffix)] in services:
+                base = pname[: -len(suffix)]
+        if pname in args:
+            bound[pname] = args[pname]
+        elif base in services:
+            bound[pname] = services[base].address
+        elif param.default is param.empty:
+            raise ScenarioUsageError(
+                f"target parameter {pname!r} is neither a service ({sorted(services)}) nor in "
+                f"target.args / parametrize")
+    for key in args:
+        if key not in bound and key not in inspect.signature(fn).parameters:
+            raise ScenarioUsageError(f"target.args.{key}: the target has no parameter {key!r}")
+    return bound
+
+
+class _Faults:
+    """Applies and heals the fault steps at call boundaries."""
+
+    def __init__(self, steps: list[FaultStep], services: dict[str, ServiceHandle],
+                 timeline: Timeline) -> None:
+        self.pending = sorted(enumerate(steps), key=lambda s: s[1].at)
+        self.active: list[tuple[int, FaultStep, Callable[[], None]]] = []
+        self.services = services
+        self.timeline = timeline
+
+    def _apply(self, index: int, step: FaultStep, now: float) -> Callable[[], None]:
+        service = self.services[step.on]
+        if service.proxy is None:
+            raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a proxy; "
+                                     "set proxy: true on the service")
+        attrs = step.attributes
+        label = f"faults[{index}] {step.fault} on {step.on}"
+        if attrs:
+            label += " (" + ", ".join(f"{k}={v}" for k, v in attrs.items()) + ")"
+        if step.fault == "down":
+            service.proxy.disable()
+            self.timeline.note(now, f"applied {label}")
+            enable: Callable[[], None] = service.proxy.enable
+            return enable
+        options = {k: attrs.pop(k) for k in ("stream", "toxicity", "name") if k in attrs}
+        toxic = service.proxy.add_toxic(step.fault, attrs, **options)
+        self.timeline.note(now, f"applied {label}")
+        remove: Callable[[], None] = toxic.remove
+        return remove
+
+    def tick(self, now: float) -> None:
+        for entry in list(self.active):
+            index, step, heal = entry
+            if step.for_ is not None and now >= step.at + step.for_:
+                heal()
+                self.active.remove(entry)
+                self.timeline.note(now, f"removed faults[{index}] {step.fault} on {step.on}")
+        while self.pending and self.pending[0][1].at <= now:
+            index, step = self.pending.pop(0)
+            heal = self._apply(index, step, now)
+            if step.for_ is not None and step.for_ <= 0:
+                heal()
+                continue
+            self.active.append((index, step, heal))
+
+    def heal_all(self, now: float) -> None:
+        for index, step, heal in self.active:
+            with contextlib.suppress(Exception):
+                heal()
+            self.timeline.note(now, f"healed faults[{index}] {step.fault} on {step.on} (end)")
+        self.active.clear()
+
+
+def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,
+                faults: _Faults) -> list[Call]:
+    calls: list[Call] = []
+    start = time.monotonic()
+    drive = scenario.drive
+    deadline = start + (drive.duration if drive.duration is not None else math.inf)
+    for i in range(drive.calls):
+        now = time.monotonic() - start
+        if time.monotonic() > deadline:
+            break
+        faults.tick(now)
+        began = time.monotonic()
+        call = Call(i, now, 0.0)
+        try:
+            call.value = fn(**kwargs)
+        except Exception as exc:
+            call.error = exc
+        call.elapsed = time.monotonic() - began
+        calls.append(call)
+        if drive.every and i + 1 < drive.calls:
+            time.sleep(drive.every)
+    faults.heal_all(time.monotonic() - start)
+    return calls
+
+
+async def _drive_async(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,
+                       faults: _Faults) -> list[Call]:
+    calls: list[Call] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    drive = scenario.drive
+    deadline = start + (drive.duration if drive.duration is not None else math.inf)
+    for i in range(drive.calls):
+        if loop.time() > deadline:
+            break
+        now = loop.time() - start
+        faults.tick(now)
+        began = loop.time()
+        call = Call(i, now, 0.0)
+        try:
+            call.value = await fn(**kwargs)
+        except Exception as exc:
+            call.error = exc
+        call.elapsed = loop.time() - began
+        calls.append(call)
+        if drive.every and i + 1 < drive.calls:
+            await asyncio.sleep(drive.every)
+    faults.heal_all(loop.time() - start)
+    return calls
+
+
+def _http_target(scenario: Scenario) -> Callable[..., Any]:
+    spec = scenario.target.http
+    assert spec is not None
+    app = _import(spec.app, "target.http.app")
+
+    async def call() -> Any:
+        import httpx
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scenario") as client:
+            response = await client.request(spec.method, spec.path, json=spec.json_body)
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 500:
+            raise RuntimeError(f"HTTP {response.status_code}: {str(body)[:200]}")
+        return {"status": response.status_code, "body": body}
+
+    return call
+
+
+# -- expectations -> verdicts ---------------------------------------------------------------
+
+def _describe(call: Call) -> str:
+    if call.error is not None:
+        return f"raised {type(call.error).__name__}: {str(call.error)[:80]}"
+    return repr(call.value)[:100]
+
+
+def _verdict_returns(expected: Any, calls: list[Call]) -> Verdict:
+    rows = [[str(c.index + 1), f"+{fmt_s(c.started)}", _describe(c),
+             "" if c.ok and c.value == expected else "<--"] for c in calls]
+    bad = [r for r in rows if r[3]]
+    return Verdict(
+        kind="returns", claim=f"every call returns {expected!r}", passed=bool(calls) and not bad,
+        expected=expected, observed=[None if c.error else c.value for c in calls],
+        headers=["call", "at", "result", ""], rows=rows,
+        outcome=f"{len(bad)} of {len(calls)} calls did not" if bad else f"{len(calls)} calls did",
+    )
+
+
+def _verdict_raises(name: str, calls: list[Call]) -> Verdict:
+    rows = [[str(c.index + 1), _describe(c),
+             "" if c.error is not None and type(c.error).__name__ == name else "<--"]
+            for c in calls]
+    bad = [r for r in rows if r[2]]
+    return Verdict(
+        kind="raises", claim=f"every call raises {name}", passed=bool(calls) and not bad,
+        expected=name, observed=[type(c.error).__name__ if c.error else None for c in calls],
+        headers=["call", "result", ""], rows=rows,
+        outcome=f"{len(bad)} of {len(calls)} calls did not" if bad else f"{len(calls)} calls did",
+    )
+
+
+def _verdict_error_rate(limit: float, calls: list[Call]) -> Verdict:
+    failed = sum(not c.ok for c in calls)
+    rate = failed / len(calls) if calls else 1.0
+    return Verdict(
+        kind="error-rate", claim=f"at most {limit:.0%} of calls fail", passed=rate <= limit,
+        expected={"max": limit}, observed={"rate": rate, "failed": failed, "calls": len(calls)},
+        outcome=f"{failed} of {len(calls)} failed ({rate:.0%})",
+    )
+
+
+def _requests(service: ServiceHandle, route: str | None) -> list[Any]:
+    if service.backend is None:
+        raise ScenarioUsageError(f"expect: {service.name!r} is not an HTTP backend")
+    records = list(service.backend.requests)
+    if route is not None:
+        method, _, path = route.partition(" ")
+        records = [r for r in records if r.method == method and r.path == path]
+    return records
+
+
+def _verdict_attempts(spec: Any, services: dict[str, ServiceHandle]) -> Verdict:
+    count = len(_requests(services[spec.service], spec.route))
+    where = spec.service + (f" {spec.route}" if spec.route else "")
+    checks = []
+    if spec.exactly is not None:
+        checks.append(("exactly", spec.exactly, count == spec.exactly))
+    if spec.at_most is not None:
+        checks.append(("at most", spec.at_most, count <= spec.at_most))
+    if spec.at_least is not None:
+        checks.append(("at least", spec.at_least, count >= spec.at_least))
+    rows = [[what, str(n), str(count), "" if ok else "<--"] for what, n, ok in checks]
+    return Verdict(
+        kind="attempts", claim=f"requests reaching {where}", passed=all(ok for *_, ok in checks),
+        expected={what: n for what, n, _ in checks}, observed={"requests": count},
+        headers=["bound", "expected", "observed", ""], rows=rows,
+        outcome=f"{count} requests",
+    )
+
+
+def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: str) -> Verdict:
+    from pytest_resilience.observe.attempts import from_requests
+    from pytest_resilience.verdicts import backoff as models
+
+    records = _requests(services[spec.service], spec.route)
+    timeline = from_requests(records, clock="virtual" if clock == "virtual" else "real",
+                             source=f"{spec.service} request log")
+    cap = spec.cap if spec.cap is not None else math.inf
+    if spec.model == "exponential":
+        model = models.exponential(spec.initial, spec.multiplier, cap=cap, jitter=spec.jitter,
+                                   jitter_max=spec.jitter_max)
+    elif spec.model == "constant":
+        model = models.constant(spec.initial, jitter=spec.jitter, jitter_max=spec.jitter_max)
+    else:
+        model = models.linear(spec.initial, spec.multiplier, cap=cap)
+    tolerance: Any = spec.tolerance
+    if isinstance(tolerance, list):
+        tolerance = tuple(tolerance)
+    try:
+        return models.expect_backoff(timeline, model, attempts=spec.attempts,
+                                     tolerance=tolerance)
+    except VerdictFailed as exc:
+        return exc.verdict
+
+
+def _verdict_timeout(spec: Any, calls: list[Call], clock: str) -> Verdict:
+    from pytest_resilience.verdicts.core import Tolerance
+
+    default = Tolerance() if clock == "virtual" else Tolerance(0.005, max(0.05, spec.within / 10))
+    tol = Tolerance.coerce(tuple(spec.tolerance) if isinstance(spec.tolerance, list)
+                           else spec.tolerance, default)
+    lo, hi = tol.widen(spec.within, spec.within)
+    rows = []
+    for c in calls:
+        raised = type(c.error).__name__ if c.error is not None else "(returned)"
+        ok = c.error is not None and _is_exc(c.error, spec.exc) and lo <= c.elapsed <= hi
+        rows.append([str(c.index + 1), raised, fmt_s(c.elapsed), "" if ok else "<--"])
+    return Verdict(
+        kind="timeout", claim=f"every call raises {spec.exc} after {fmt_s(spec.within)}",
+        passed=bool(calls) and all(not r[3] for r in rows), tolerance=str(tol),
+        expected={"exc": spec.exc, "within": spec.within},
+        observed=[c.elapsed for c in calls], headers=["call", "raised", "after", ""], rows=rows,
+    )
+
+
+def _is_exc(error: BaseException, name: str) -> bool:
+    return any(cls.__name__ == name for cls in type(error).__mro__)
+
+
+def _verdict_latency(spec: Any, calls: list[Call]) -> Verdict:
+    times = sorted(c.elapsed for c in calls)
+    observed: dict[str, float] = {}
+    rows = []
+    passed = bool(times)
+    for key, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)):
+        bound = getattr(spec, key)
+        if bound is None or not times:
+            continue
+        value = times[-1] if q == 100 else (
+            statistics.quantiles(times, n=100, method="inclusive")[q - 1]
+            if len(times) > 1 else times[0])
+        observed[key] = value
+        ok = value <= bound
+        passed &= ok
+        rows.append([key, fmt_s(bound), fmt_s(value), "" if ok else "<--"])
+    return Verdict(kind="latency", claim="call latency within bounds", passed=passed,
+                   expected={k: getattr(spec, k) for k in ("p50", "p95", "p99", "max")},
+                   observed=observed, headers=["percentile", "at most", "observed", ""],
+                   rows=rows)
+
+
+def run_scenario(scenario: Scenario, request: pytest.FixtureRequest,
+                 params: dict[str, Any]) -> None:
+    """Run ``scenario`` as the test ``request`` belongs to."""
+    __tracebackhide__ = True
+    problem: str | None = None
+    try:
+        _run(scenario, request, params)
+    except ScenarioUsageError as exc:
+        problem = str(exc)
+    if problem is not None:  # failed outside the except block: no chained traceback
+        _fail(f"scenario {scenario.name!r}: {problem}")
+
+
+def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, Any]) -> None:
+    __tracebackhide__ = True
+    services = _start_services(scenario, request)
+    if scenario.target.call is not None:
+        fn = _import(scenario.target.call, "target.call")
+        kwargs = _bind(fn, services, {**scenario.target.args, **params})
+    else:
+        fn = _http_target(scenario)
+        kwargs = {}
+    timeline = Timeline()
+    faults = _Faults(list(scenario.faults), services, timeline)
+    if inspect.iscoroutinefunction(fn):
+        calls = asyncio.run(_drive_async(fn, kwargs, scenario, faults))
+    else:
+        calls = _drive_sync(fn, kwargs, scenario, faults)
+
+    expect = scenario.expect
+    verdicts: list[Verdict] = []
+    if "returns" in expect.model_fields_set:
+        verdicts.append(_verdict_returns(expect.returns, calls))
+    if expect.raises is not None:
+        verdicts.append(_verdict_raises(expect.raises, calls))
+    if expect.error_rate is not None:
+        verdicts.append(_verdict_error_rate(expect.error_rate, calls))
+    attempts = expect.attempts if isinstance(expect.attempts, list) else \
+        [expect.attempts] if expect.attempts is not None else []
+    for spec in attempts:
+        verdicts.append(_verdict_attempts(spec, services))
+    if expect.backoff is not None:
+        verdicts.append(_verdict_backoff(expect.backoff, services, scenario.clock))
+    if expect.timeout is not None:
+        verdicts.append(_verdict_timeout(expect.timeout, calls, scenario.clock))
+    if expect.latency is not None:
+        verdicts.append(_verdict_latency(expect.latency, calls))
+    for verdict in verdicts:
+        if verdict.kind != "backoff":  # expect_backoff collected its own
+            collect(verdict)
+    request.node.add_report_section("call", "fault timeline", timeline.text())
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        text = "\n\n".join(v.text() for v in failed)
+        pytest.fail(f"scenario {scenario.name!r}: {len(failed)} of {len(verdicts)} "
+                    f"expectations failed\n\n{text}\n\n{timeline.text()}", pytrace=False)
+    if not verdicts and not expect.no_leaks:
+        pytest.fail(f"scenario {scenario.name!r} expects nothing: add an 'expect' section "
+                    "(a scenario that checks nothing cannot fail)", pytrace=False)

@@ -1,0 +1,281 @@
+"""The scenario file format: pydantic models, their validation, the JSON Schema.
+
+Every word maps onto the Python API: ``services`` onto ``pg_proxy`` /
+``http_backends`` / ``proxy_for``, ``faults`` onto :mod:`pytest_resilience.faults`
+(the one fault vocabulary), ``clock: virtual`` onto the virtual clock, ``expect`` onto
+the verdicts. ``python -m pytest_resilience.scenarios schema`` prints the JSON Schema
+that editors use to complete and check scenario files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from pytest_resilience import faults
+
+__all__ = ["Scenario", "ValidationError", "json_schema", "suggest"]
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as 100ms, 2s, 15m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration must not be negative, got {value}")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return faults.parse_duration(value, unit_required=True)
+        except Exception as exc:  # ConfigError: reworded for the file's reader
+            raise ValueError(
+                f"{value!r} is not a duration; write a number of seconds or e.g. 100ms, "
+                "2s, 15m"
+            ) from exc
+    raise ValueError("a duration is a number of seconds or a string such as 100ms, 2s, 15m")
+
+
+Duration = Annotated[
+    float, BeforeValidator(_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+                              {"type": "string", "pattern": faults.DURATION_PATTERN}],
+                    "description": "seconds, or a string such as 100ms, 2s, 15m"}),
+]
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_ROUTE = re.compile(r"^[A-Z]+ /\S*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Service(_Model):
+    """``postgres`` (key ``postgres``: a fresh database behind a proxy), an HTTP backend
+    (``routes``), or any TCP service behind a proxy (``tcp``)."""
+
+    routes: dict[str, Any] | None = Field(
+        None, description='HTTP backend routes: {"GET /trends": "503 x3 then 200"}'
+    )
+    tcp: str | None = Field(None, description="host:port of a TCP service to proxy",
+                            pattern=r"^[^\s:]+:\d{1,5}$")
+    proxy: bool | None = Field(
+        None, description="put the service behind a Toxiproxy proxy (default: when a "
+        "network fault targets it; always for postgres and tcp)")
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, routes: dict[str, Any] | None) -> dict[str, Any] | None:
+        for route in routes or {}:
+            if not _ROUTE.match(route):
+                raise ValueError(f"route {route!r} must read 'METHOD /path', e.g. 'GET /trends'")
+        return routes
+
+
+class HttpTarget(_Model):
+    app: str = Field(description="ASGI app by import path: package.module:app",
+                     pattern=_IMPORT_PATH.pattern)
+    method: str = "GET"
+    path: str = Field("/", pattern=r"^/")
+    json_body: Any = Field(None, alias="json")
+
+
+class Target(_Model):
+    """What is exercised: a callable (``call``) or an HTTP request to an ASGI app."""
+
+    call: str | None = Field(
+        None, pattern=_IMPORT_PATH.pattern,
+        description="package.module:function (sync or async); its parameters named like a "
+        "service get that service's URL/DSN/address; the others come from args")
+    args: dict[str, Any] = Field(default_factory=dict)
+    http: HttpTarget | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Target:
+        if (self.call is None) == (self.http is None):
+            raise ValueError("give exactly one of 'call' (a callable) or 'http' (an ASGI app)")
+        return self
+
+
+class FaultStep(BaseModel):
+    """One step of the fault timeline: a fault from the fault vocabulary on a service,
+    from ``at`` (seconds since the drive started) for ``for`` seconds (default: to the
+    end); the fault's attributes sit next to ``fault``."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    on: str = Field(description="the service (its proxy or its routes)")
+    fault: str = Field(description="a network fault: " + ", ".join(faults.names("network")))
+    at: Duration = 0.0
+    for_: Duration | None = Field(None, alias="for")
+    first: int | None = Field(None, ge=1, description="only the first N connections")
+
+    @model_validator(mode="after")
+    def _fault(self) -> FaultStep:
+        try:
+            faults.get(self.fault)
+        except Exception:
+            hint = suggest(self.fault, faults.names())
+            raise ValueError(f"unknown fault {self.fault!r}{hint}; known: "
+                             f"{', '.join(faults.names('network'))}") from None
+        if faults.get(self.fault).layer != "network":
+            raise ValueError(
+                f"{self.fault!r} is an HTTP backend fault: script it in the backend's routes "
+                f"(services.<name>.routes); the timeline takes network faults: "
+                f"{', '.join(faults.names('network'))}")
+        attributes = dict(self.model_extra or {})
+        try:
+            faults.validate(self.fault, **attributes)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Drive(_Model):
+    """How the target is driven: ``calls`` calls, ``every`` apart (bounded)."""
+
+    calls: int = Field(1, ge=1, le=100_000)
+    every: Duration = 0.0
+    concurrency: int = Field(1, ge=1, le=256)
+    duration: Duration | None = Field(None, le=24 * 3600)
+
+
+class Backoff(_Model):
+    """The retry delays seen by a backend follow a curve."""
+
+    service: str
+    route: str | None = Field(None, description="only this route's requests (METHOD /path)")
+    model: Literal["exponential", "constant", "linear"] = "exponential"
+    initial: Duration
+    multiplier: float = Field(2.0, gt=0)
+    cap: Duration | None = None
+    jitter: Literal["none", "full", "equal", "additive"] = "none"
+    jitter_max: Duration = 0.0
+    attempts: int | None = Field(None, ge=1)
+    tolerance: Duration | list[Duration] | None = Field(
+        None, description="seconds either way, or [early, late]")
+
+
+class Attempts(_Model):
+    """How many requests reached a backend (a route of it)."""
+
+    service: str
+    route: str | None = None
+    exactly: int | None = Field(None, ge=0)
+    at_most: int | None = Field(None, ge=0)
+    at_least: int | None = Field(None, ge=0)
+
+
+class Timeout(_Model):
+    """Each call raises ``exc`` after ``within`` seconds (± tolerance)."""
+
+    within: Duration
+    tolerance: Duration | list[Duration] | None = None
+    exc: str = "TimeoutError"
+
+
+class Latency(_Model):
+    p50: Duration | None = None
+    p95: Duration | None = None
+    p99: Duration | None = None
+    max: Duration | None = None
+
+
+class Expect(_Model):
+    """The claims checked after the drive; each produces a Verdict."""
+
+    returns: Any = Field(None, description="every call returns this value")
+    raises: str | None = Field(None, description="every call raises this exception type")
+    error_rate: float | None = Field(None, ge=0, le=1, description="at most this share fails")
+    backoff: Backoff | None = None
+    attempts: Attempts | list[Attempts] | None = None
+    timeout: Timeout | None = None
+    latency: Latency | None = None
+    no_leaks: bool | list[str] = False
+
+
+class Scenario(_Model):
+    """One scenario: a claim, the services, the target, the fault timeline, the drive
+    and what is expected."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    marks: list[str | dict[str, Any]] = Field(default_factory=list)
+    usefixtures: list[str] = Field(default_factory=list)
+    parametrize: dict[str, list[Any]] = Field(default_factory=dict)
+    seed: int | None = None
+    clock: Literal["real", "virtual"] = "real"
+    services: dict[str, Service | None] = Field(default_factory=dict)
+    target: Target
+    faults: list[FaultStep] = Field(default_factory=list)
+    drive: Drive = Field(default_factory=lambda: Drive())
+    expect: Expect = Field(default_factory=lambda: Expect())
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        names = set(self.services)
+        for i, step in enumerate(self.faults):
+            if step.on not in names:
+                raise ValueError(f"faults[{i}].on: no service {step.on!r}"
+                                 f"{suggest(step.on, names)}; services: {sorted(names)}")
+        checks = [self.expect.backoff] + (
+            self.expect.attempts if isinstance(self.expect.attempts, list)
+            else [self.expect.attempts])
+        for check in checks:
+            if check is not None and check.service not in names:
+                raise ValueError(f"expect: no service {check.service!r}"
+                                 f"{suggest(check.service, names)}")
+        for key, values in self.parametrize.items():
+            if not values:
+                raise ValueError(f"parametrize.{key}: give at least one value")
+        if self.expect.backoff is not None and self.clock == "virtual":
+            raise ValueError(
+                "expect.backoff reads the backend's request log, which is kept on the real "
+                "clock (the backend serves real sockets): use clock: real for a backoff "
+                "curve, or check it in Python with the requested waits on the virtual clock")
+        return self
+
+
+def suggest(word: str, choices: Any) -> str:
+    """``; did you mean 'x'?`` for the closest choice, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def known_keys() -> set[str]:
+    """Every key the format knows (for 'did you mean' on unknown keys)."""
+    keys: set[str] = set()
+    for model in (Scenario, Service, Target, HttpTarget, FaultStep, Drive, Backoff,
+                  Attempts, Timeout, Latency, Expect):
+        for name, info in model.model_fields.items():
+            keys.add(info.alias or name)
+    return keys
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of one scenario document (for editors)."""
+    schema = Scenario.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://pytest-resilience.invalid/scenario.schema.json"
+    schema["title"] = "pytest-resilience scenario"
+    # the fault steps: one of the vocabulary's faults with its attributes
+    defs = schema.setdefault("$defs", {})
+    step = defs.get("FaultStep", {})
+    step.setdefault("properties", {})["fault"] = {"enum": list(faults.names("network")),
+                                                  "description": "a network fault"}
+    return schema
