@@ -67,3 +67,8 @@ async def serve_then_stop(postgres_dsn: str, trends_api_url: str) -> dict[str, i
         run = await claims.serve_and_shut_down(postgres_dsn=postgres_dsn,
                                                trends_api_url=trends_api_url, workdir=workdir)
     return {path: status for path, (status, _) in run.responses.items()}
+
+
+async def trends_during_retries(trends_api_url: str) -> Any:
+    """One ``get_trends()`` whose retries wait 100-400 ms (a blocked loop stands out)."""
+    return _plain(await claims.trends_while_retrying(trends_api_url=trends_api_url))

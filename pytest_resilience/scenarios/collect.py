@@ -111,7 +111,35 @@ class ScenarioFile(pytest.File):
             except ValidationError as exc:
                 yield _broken(self, base, format_errors(shown, document, exc))
                 continue
+            problem = _import_target(scenario)
+            if problem is not None:
+                where = ("target", "call") if scenario.target.call else ("target", "http", "app")
+                line, column = document.where(where)
+                yield _broken(self, base, f"{shown}:{line}:{column}: {'.'.join(where)}: "
+                                          f"{problem}", document.line)
+                continue
             yield from _items(self, base, scenario, document)
+
+
+def _import_target(scenario: Scenario) -> str | None:
+    """Import the target's module now, as pytest imports a test module at collection: a
+    bad import path is a collection-time failure naming the line, and the import's cost
+    is not counted in the scenario's run time."""
+    import importlib
+
+    path = scenario.target.call or (scenario.target.http.app if scenario.target.http else "")
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module: any error at import is theirs
+        return f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            return f"{module_name!r} has no {attr!r}"
+        obj = getattr(obj, part)
+    if not callable(obj):
+        return f"{path!r} is not callable"
+    return None
 
 
 class ScenarioItem(pytest.Function):

@@ -230,7 +230,22 @@ def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenar
 
 
 async def _drive_async(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,
-                       faults: _Faults) -> list[Call]:
+                       faults: _Faults, lag: list[float]) -> list[Call]:
+    probe = None
+    if scenario.expect.loop_lag is not None:
+        from pytest_resilience.verdicts.timeout import LoopLagProbe
+
+        probe = LoopLagProbe()
+        probe.start()
+    try:
+        return await _drive_async_calls(fn, kwargs, scenario, faults)
+    finally:
+        if probe is not None:
+            lag.append(await probe.stop())
+
+
+async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
+                             scenario: Scenario, faults: _Faults) -> list[Call]:
     calls: list[Call] = []
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -444,9 +459,13 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
         kwargs = {}
     timeline = Timeline()
     faults = _Faults(list(scenario.faults), services, timeline)
+    lag: list[float] = []
     if inspect.iscoroutinefunction(fn):
-        calls = asyncio.run(_drive_async(fn, kwargs, scenario, faults))
+        calls = asyncio.run(_drive_async(fn, kwargs, scenario, faults, lag))
     else:
+        if scenario.expect.loop_lag is not None:
+            raise ScenarioUsageError("expect.loop_lag needs an async target (an event loop "
+                                     "to watch); this target is a plain function")
         calls = _drive_sync(fn, kwargs, scenario, faults)
 
     expect = scenario.expect
@@ -467,6 +486,18 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
         verdicts.append(_verdict_timeout(expect.timeout, calls, scenario.clock))
     if expect.latency is not None:
         verdicts.append(_verdict_latency(expect.latency, calls))
+    if expect.loop_lag is not None:
+        worst = lag[0] if lag else float("nan")
+        blocked = not (worst <= expect.loop_lag)
+        verdicts.append(Verdict(
+            kind="loop-lag", claim=f"the event loop is never blocked longer than "
+            f"{fmt_s(expect.loop_lag)}", passed=not blocked,
+            expected={"max_lag": expect.loop_lag}, observed={"max_lag": worst},
+            headers=["check", "expected", "observed", ""],
+            rows=[["worst loop lag", f"<= {fmt_s(expect.loop_lag)}", fmt_s(worst),
+                   "<-- blocked: a blocking call in async code?" if blocked else ""]],
+            outcome=f"worst lag {fmt_s(worst)}",
+        ))
     for verdict in verdicts:
         if verdict.kind != "backoff":  # expect_backoff collected its own
             collect(verdict)

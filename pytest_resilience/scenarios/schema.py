@@ -206,6 +206,9 @@ class Expect(_Model):
     attempts: Attempts | list[Attempts] | None = None
     timeout: Timeout | None = None
     latency: Latency | None = None
+    loop_lag: Duration | None = Field(
+        None, description="async targets: the event loop is never blocked longer than this "
+        "(no sync I/O in async code); measured on the real clock")
     no_leaks: bool | list[str] = False
 
 
@@ -243,6 +246,8 @@ class Scenario(_Model):
         for key, values in self.parametrize.items():
             if not values:
                 raise ValueError(f"parametrize.{key}: give at least one value")
+        if self.expect.loop_lag is not None and self.clock == "virtual":
+            raise ValueError("expect.loop_lag is measured on the real clock: use clock: real")
         if self.expect.backoff is not None and self.clock == "virtual":
             raise ValueError(
                 "expect.backoff reads the backend's request log, which is kept on the real "
