@@ -200,3 +200,30 @@ def test_an_async_target(pytester: pytest.Pytester) -> None:
     """))
     result = _run(pytester, "scenarios", "--durations=1")
     result.assert_outcomes(passed=1)
+
+
+def test_a_target_that_does_not_import_fails_at_collection(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(targets=TARGETS)
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "t.yaml").write_text(textwrap.dedent("""
+        name: missing module
+        target: {call: "nosuchmodule:run"}
+        expect: {returns: 1}
+        ---
+        name: missing function
+        target: {call: "targets:nosuchfunction"}
+        expect: {returns: 1}
+        ---
+        name: fine
+        target: {call: "targets:answer"}
+        expect: {returns: 1}
+    """))
+    result = _run(pytester, "scenarios")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines([
+        "*scenarios/t.yaml:3:16: target.call: cannot import 'nosuchmodule': "
+        "ModuleNotFoundError*",
+    ])
+    result.stdout.fnmatch_lines(["*scenarios/t.yaml:7:16: target.call: 'targets' has no "
+                                 "'nosuchfunction'"])
+    assert "Traceback" not in result.stdout.str()
