@@ -151,8 +151,17 @@ class Drive(_Model):
 
     calls: int = Field(1, ge=1, le=100_000)
     every: Duration = 0.0
-    concurrency: int = Field(1, ge=1, le=256)
+    concurrency: int = Field(1, ge=1, le=256, description="calls in flight at once (only 1 "
+                             "so far: concurrent drives come with load/soak runs)")
     duration: Duration | None = Field(None, le=24 * 3600)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _sequential(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("concurrency above 1 is not supported yet: calls run one after "
+                             "another (concurrent drives come with load and soak runs)")
+        return value
 
 
 class Backoff(_Model):
