@@ -37,6 +37,12 @@ async def test_fallback(http_backends):
             expected=expected, observed=served).check()
 
 
+@pytest.mark.virtual_time
+async def test_warm_up_virtual():
+    with pytest.raises(TaskTimedOut):
+        await targets.hour_long_task()
+
+
 async def test_warm_up(pg_proxy, http_backends):
     """Runs first: starts the session's services, so neither side pays for them."""
     import httpx
