@@ -58,8 +58,8 @@ async def test_api_retries_back_off_exponentially_with_jitter(http_backend):
 
 
 async def test_db_retries_back_off_through_connection_resets(pg_proxy):
-    # pg_proxy is named "postgres" in every test, and events() returns the whole name's
-    # history: start after what earlier tests' proxies logged
+    # events() of a fixture proxy starts where the engine's log stood when the proxy was
+    # made (this test's events only); the mark below also skips the setup's connections
     try:
         earlier = pg_proxy.events()
     except ExtensionUnsupported:
@@ -70,8 +70,7 @@ async def test_db_retries_back_off_through_connection_resets(pg_proxy):
     (served,) = run.served
     assert isinstance(served, claims.Failed), f"expected the DB error after retries: {served}"
     policy = TESTING.db_retry
-    # one accepted connection per attempt (from_toxiproxy_events() takes dicts, not the
-    # Event objects that Proxy.events() returns, hence from_timestamps)
+    # one accepted connection per attempt
     since = earlier[-1].seq if earlier else 0
     accepted = [e.time for e in pg_proxy.events(since=since) if e.kind == "accepted"]
     expect_backoff(from_timestamps(accepted), curve(policy), attempts=policy.attempts,

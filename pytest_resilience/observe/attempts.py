@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cast
 
 __all__ = [
     "Attempt",
@@ -44,6 +44,9 @@ __all__ = [
     "from_waits",
     "track",
 ]
+
+if TYPE_CHECKING:
+    from pytest_resilience.toxiproxy.client import Event
 
 Clock = Literal["real", "virtual", "requested"]
 Outcome = Literal["ok", "error", "unknown"]
@@ -236,14 +239,32 @@ def from_requests(
     return timeline
 
 
+def _event_kind(event: object) -> object:
+    if isinstance(event, Mapping):
+        return event.get("kind", event.get("type"))
+    kind = getattr(event, "kind", None)
+    return getattr(event, "type", None) if kind is None else kind
+
+
+def _event_time(event: object) -> float:
+    value = event["time"] if isinstance(event, Mapping) else getattr(event, "time", None)
+    if not isinstance(value, int | float | str):
+        raise TypeError(
+            f"toxiproxy event {event!r} has no 'time' (the engine's time.monotonic())"
+        )
+    return float(value)
+
+
 def from_toxiproxy_events(
-    events: Iterable[Mapping[str, Any]],
+    events: Iterable[Event | Mapping[str, Any]],
     *,
     kind: str = "accepted",
     proxy: str | None = None,
     clock: Clock = "real",
 ) -> Timeline:
-    """A timeline from the Toxiproxy engine's event log (dicts with ``time`` and a kind).
+    """A timeline from the Toxiproxy engine's event log: the
+    :class:`~pytest_resilience.toxiproxy.client.Event` objects that ``Proxy.events()``
+    returns, or dicts as ``GET /x-resilience/events`` sends them.
 
     Keeps the events whose ``kind`` (or ``type``) is *kind* or ``"connection_" + kind``
     (and whose ``proxy`` is *proxy*, when given): by default each accepted
@@ -252,11 +273,11 @@ def from_toxiproxy_events(
     wanted = {kind, f"connection_{kind}"}
     stamps: list[float] = []
     for event in events:
-        if event.get("kind", event.get("type")) not in wanted:
+        if _event_kind(event) not in wanted:
             continue
-        if proxy is not None and event.get("proxy") != proxy:
+        if proxy is not None and _field(event, "proxy") != proxy:
             continue
-        stamps.append(float(event["time"]))
+        stamps.append(_event_time(event))
     return from_timestamps(stamps, clock=clock, source=f"toxiproxy events {kind!r}")
 
 

@@ -230,18 +230,21 @@ def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenar
 
 
 async def _drive_async(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,
-                       faults: _Faults, lag: list[float]) -> list[Call]:
+                       faults: _Faults, lag: list[float],
+                       sites: list[str | None]) -> list[Call]:
     probe = None
     if scenario.expect.loop_lag is not None:
         from pytest_resilience.verdicts.timeout import LoopLagProbe
 
-        probe = LoopLagProbe()
+        # the watchdog samples the loop thread's stack while it is late: names the site
+        probe = LoopLagProbe(watch=scenario.expect.loop_lag)
         probe.start()
     try:
         return await _drive_async_calls(fn, kwargs, scenario, faults)
     finally:
         if probe is not None:
             lag.append(await probe.stop())
+            sites.append(probe.blocked_at)
 
 
 async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
@@ -460,8 +463,9 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
     timeline = Timeline()
     faults = _Faults(list(scenario.faults), services, timeline)
     lag: list[float] = []
+    sites: list[str | None] = []
     if inspect.iscoroutinefunction(fn):
-        calls = asyncio.run(_drive_async(fn, kwargs, scenario, faults, lag))
+        calls = asyncio.run(_drive_async(fn, kwargs, scenario, faults, lag, sites))
     else:
         if scenario.expect.loop_lag is not None:
             raise ScenarioUsageError("expect.loop_lag needs an async target (an event loop "
@@ -488,6 +492,7 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
         verdicts.append(_verdict_latency(expect.latency, calls))
     if expect.loop_lag is not None:
         worst = lag[0] if lag else float("nan")
+        site = sites[0] if sites else None
         blocked = not (worst <= expect.loop_lag)
         verdicts.append(Verdict(
             kind="loop-lag", claim=f"the event loop is never blocked longer than "
@@ -495,8 +500,10 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
             expected={"max_lag": expect.loop_lag}, observed={"max_lag": worst},
             headers=["check", "expected", "observed", ""],
             rows=[["worst loop lag", f"<= {fmt_s(expect.loop_lag)}", fmt_s(worst),
-                   "<-- blocked: a blocking call in async code?" if blocked else ""]],
-            outcome=f"worst lag {fmt_s(worst)}",
+                   "<-- blocked: a blocking call in async code?" if blocked else ""],
+                  *([["blocked at", "", site, ""]] if blocked and site else [])],
+            blame=[0] if blocked else [],
+            outcome=f"worst lag {fmt_s(worst)}" + (f" at {site}" if blocked and site else ""),
         ))
     for verdict in verdicts:
         if verdict.kind != "backoff":  # expect_backoff collected its own

@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING, Any
 from pytest_resilience.errors import ConfigError, ServiceError
 from pytest_resilience.services import registry
 from pytest_resilience.services.supervise import log_tail, propose_port, spawn
-from pytest_resilience.toxiproxy.client import Client, NotFound, Proxy, ToxiproxyError
+from pytest_resilience.toxiproxy.client import (
+    Client,
+    ExtensionUnsupported,
+    NotFound,
+    Proxy,
+    ToxiproxyError,
+)
 
 if TYPE_CHECKING:
     from pytest_resilience.config import Settings
@@ -412,12 +418,18 @@ def _upstream(host: str, port: int) -> str:
 
 
 class ProxyFactory:
-    """Creates proxies for one test and deletes them all in :meth:`close`."""
+    """Creates proxies for one test and deletes them all in :meth:`close`.
+
+    Each proxy's ``events()`` starts at the engine's event sequence number of its
+    creation (:attr:`Proxy.events_since`): names repeat from test to test
+    (``pg_proxy`` is always ``postgres``), the engine's event log does not forget.
+    """
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self.proxies: list[Proxy] = []
         self._counter = 0
+        self._has_events = True
 
     def __call__(self, host: str, port: int, name: str | None = None) -> Proxy:
         """A proxy listening on ``127.0.0.1:<free port>`` in front of ``host:port``."""
@@ -425,9 +437,20 @@ class ProxyFactory:
         if name is None:
             self._counter += 1
             name = f"proxy{self._counter}-{port}"
+        mark = self._last_event_seq()
         proxy = self.client.create_proxy(name, upstream, listen="127.0.0.1:0")
+        proxy.events_since = mark
         self.proxies.append(proxy)
         return proxy
+
+    def _last_event_seq(self) -> int:
+        """The engine's latest event sequence number; 0 on a server without an event log."""
+        if self._has_events:
+            try:
+                return self.client.last_event_seq()
+            except ExtensionUnsupported:
+                self._has_events = False
+        return 0
 
     def add(self, proxy: Proxy) -> None:
         """Track a proxy created elsewhere so :meth:`close` deletes it too."""
@@ -455,6 +478,7 @@ class ProxyFactory:
         pg = PgProxy(
             name=proxy.name, listen=proxy.listen, upstream=proxy.upstream,
             enabled=proxy.enabled, toxics=proxy.toxics, client=proxy.client,
+            events_since=proxy.events_since,
             dsn=server.dsn_for(database.dbname, host=proxy.host, port=proxy.port),
             direct_dsn=database.dsn, dbname=database.dbname, user=database.user,
         )

@@ -514,6 +514,10 @@ class Proxy(_ProxyData):
 
     toxics: list[Toxic] = field(default_factory=list)
     client: Client = field(repr=False, kw_only=True)
+    #: :meth:`events` starts after this engine sequence number. ``proxy_for``, ``pg_proxy``
+    #: and ``via_proxy()`` set it to :meth:`Client.last_event_seq` at creation, so an
+    #: earlier test's proxy of the same name does not show up; 0 otherwise.
+    events_since: int = field(default=0, repr=False, kw_only=True)
 
     # -- state
     def refresh(self) -> Proxy:
@@ -562,8 +566,12 @@ class Proxy(_ProxyData):
             self.enable()
 
     def events(self, since: int = 0) -> list[Event]:
-        """This proxy's entries of the built-in engine's event log (not on a real server)."""
-        return self.client.events(proxy=self.name, since=since)
+        """This proxy's entries of the built-in engine's event log (not on a real server)
+        after sequence number ``since``, and never from before :attr:`events_since` (the
+        proxy's creation, for the fixtures' proxies). ``toxiproxy.events(proxy=name)``
+        returns the name's whole history."""
+        since = _check_int("since", since, what="events")
+        return self.client.events(proxy=self.name, since=max(since, self.events_since))
 
     # -- faults
     def down(self) -> Down:
@@ -860,6 +868,14 @@ class _Base:
         return _Call("GET", f"{_EXTENSION_PREFIX}/events?{'&'.join(params)}", parse,
                      extension=True)
 
+    @staticmethod
+    def _last_event_seq_call() -> _Call[int]:
+        def parse(r: httpx.Response) -> int:
+            body = _json(r)
+            return int(body["events_next"]) - 1 if isinstance(body, dict) else 0
+
+        return _Call("GET", f"{_EXTENSION_PREFIX}/info", parse, extension=True)
+
     def _event(self, item: dict[str, Any]) -> Event:
         proxy = item.get("proxy")
         local = self._local_name(proxy) if isinstance(proxy, str) else None
@@ -1105,6 +1121,14 @@ class Client(_Base):
         """
         return self._run(self._events_call(proxy, since))
 
+    def last_event_seq(self) -> int:
+        """The sequence number of the engine's latest event (0 before any): pass it as
+        ``since=`` to see only what happens from now on.
+
+        Raises :class:`ExtensionUnsupported` against a real toxiproxy-server.
+        """
+        return self._run(self._last_event_seq_call())
+
     def connections(self, proxy: str | None = None) -> list[Connection]:
         """The built-in engine's live connections (extension)."""
         return self._run(self._connections_call(proxy))
@@ -1249,6 +1273,10 @@ class AsyncClient(_Base):
 
     async def events(self, proxy: str | None = None, since: int = 0) -> list[Event]:
         return await self._run(self._events_call(proxy, since))
+
+    async def last_event_seq(self) -> int:
+        """The sequence number of the engine's latest event (see :meth:`Client.last_event_seq`)."""
+        return await self._run(self._last_event_seq_call())
 
     async def connections(self, proxy: str | None = None) -> list[Connection]:
         return await self._run(self._connections_call(proxy))

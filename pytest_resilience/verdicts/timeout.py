@@ -14,6 +14,10 @@ worst lag (``max_loop_lag`` makes it part of the verdict). A sync block cannot
 be interrupted: use :func:`expect_timeout_call`, which runs the call in a
 worker thread and stops *waiting* after ``give_up_after``.
 
+``async with expect_no_blocking(max_lag=0.05):`` is the probe on its own ("no sync
+I/O in async code"): it fails with :class:`LoopBlocked`, naming the worst lag and
+the call that blocked the loop.
+
 Default tolerance on the real clock: 5 ms early, ``max(50 ms, 10 % of within)``
 late (:func:`default_tolerance`). Under the plugin's virtual clock (detected,
 or ``clock="virtual"``) the comparison is exact.
@@ -27,22 +31,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal
 
+from pytest_resilience.errors import ConfigError, ResilienceError
 from pytest_resilience.observe.attempts import monotonic
-from pytest_resilience.verdicts.core import Tolerance, Verdict, VerdictFailed, fmt_s
+from pytest_resilience.verdicts.core import (
+    Tolerance,
+    Verdict,
+    VerdictFailed,
+    collect,
+    fmt_s,
+)
 
 __all__ = [
+    "LoopBlocked",
     "LoopLagProbe",
     "TimeoutMismatch",
     "aexpect_query_cancelled",
     "aexpect_recovers",
     "default_tolerance",
+    "expect_no_blocking",
     "expect_query_cancelled",
     "expect_timeout",
     "expect_timeout_call",
@@ -61,41 +75,103 @@ def default_tolerance(within: float) -> Tolerance:
 class LoopLagProbe:
     """Measures how late the event loop runs a periodic timer while a block runs.
 
-    ``max_lag`` is the worst lateness seen, including a final sample taken on
-    :meth:`stop` (so a loop blocked until the end still shows up).
+    ``max_lag`` is the worst lateness seen. The first due time is taken by
+    :meth:`start` itself, before the block's first line runs, and a final
+    sample is taken by :meth:`stop`, so a loop blocked right at the start or
+    right at the end of the block shows up too.
+
+    With ``watch=`` (seconds) a watchdog thread samples the loop thread's
+    stack whenever the loop is more than ``watch / 2`` late and records the
+    innermost frame outside the stdlib, installed packages and this plugin:
+    :attr:`blocked_at` is the call site of the worst block (``file:line in
+    func``), or ``None`` when no user frame was on the stack.
     """
 
-    def __init__(self, interval: float = 0.005) -> None:
+    def __init__(self, interval: float = 0.005, *, watch: float | None = None) -> None:
         self.interval = interval
+        self.watch = watch
         self.max_lag = 0.0
         self.samples = 0
+        #: call site -> how late the loop was when the watchdog saw it there
+        self.sites: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._due = 0.0
+        self._loop_thread = 0
+        self._watchdog: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def blocked_at(self) -> str | None:
+        """The call site the loop thread was in when it was latest, if one was seen."""
+        if not self.sites:
+            return None
+        return max(self.sites, key=self.sites.__getitem__)
 
     async def _run(self) -> None:
         while True:
-            self._due = time.perf_counter() + self.interval
-            await asyncio.sleep(self.interval)
-            self._note(time.perf_counter() - self._due)
+            # never overwrite a due time that has not been sampled: start() set the
+            # first one, before the block's code (which may block at once) ran
+            await asyncio.sleep(max(0.0, self._due - time.perf_counter()))
+            now = time.perf_counter()
+            self._note(now - self._due)
+            self._due = now + self.interval
 
     def _note(self, lag: float) -> None:
         self.samples += 1
         self.max_lag = max(self.max_lag, lag)
 
+    def _watch(self, threshold: float) -> None:
+        poll = max(0.001, min(self.interval, threshold / 4))
+        while not self._stopping.wait(poll):
+            late = time.perf_counter() - self._due
+            if late <= threshold:
+                continue
+            site = _user_site(sys._current_frames().get(self._loop_thread))
+            if site is not None and late > self.sites.get(site, 0.0):
+                self.sites[site] = late
+
     def start(self) -> None:
-        """Start probing on the running loop."""
+        """Start probing on the running loop (call it from the loop's thread)."""
+        loop = asyncio.get_running_loop()
         self._due = time.perf_counter() + self.interval
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag-probe")
+        self._loop_thread = threading.get_ident()
+        self._task = loop.create_task(self._run(), name="loop-lag-probe")
+        if self.watch is not None:
+            self._stopping.clear()
+            self._watchdog = threading.Thread(
+                target=self._watch,
+                args=(self.watch / 2,),
+                name="resilience-loop-lag-watchdog",
+                daemon=True,
+            )
+            self._watchdog.start()
 
     async def stop(self) -> float:
-        """Stop probing; return the worst lag in seconds."""
+        """Stop probing; return the worst lag in seconds (final sample included)."""
         if self._task is not None:
             self._note(time.perf_counter() - self._due)
+            self._stopping.set()
+            if self._watchdog is not None:
+                self._watchdog.join()
+                self._watchdog = None
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         return self.max_lag
+
+
+def _user_site(frame: FrameType | None) -> str | None:
+    """``file:line in func`` of the innermost frame outside libraries and this plugin."""
+    from pytest_resilience.observe.resources import Origin
+
+    frames: list[tuple[str, int, str]] = []
+    while frame is not None and len(frames) < 64:
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    origin = Origin(frames=tuple(reversed(frames)))
+    return origin.headline() if origin.user_frame() is not None else None
 
 
 @dataclass
@@ -106,6 +182,7 @@ class TimeoutResult:
     error: BaseException | None = None
     gave_up: bool = False
     loop_lag: float | None = None
+    blocked_at: str | None = None
     verdict: Verdict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -171,7 +248,7 @@ class expect_timeout:
 
     async def __aenter__(self) -> TimeoutResult:
         if self.clock == "real":  # on a virtual clock lag is not measurable (and
-            self._probe = LoopLagProbe()  # 5 ms ticks would flood a 15-minute wait)
+            self._probe = LoopLagProbe(watch=self.max_loop_lag)  # 5 ms ticks would flood
             self._probe.start()
         else:
             self.result.notes.append("loop-lag probe off: virtual clock")
@@ -192,6 +269,7 @@ class expect_timeout:
                 ev = converted
         if self._probe is not None:
             self.result.loop_lag = await self._probe.stop()
+            self.result.blocked_at = self._probe.blocked_at
         if self._ceiling.expired():
             self.result.gave_up = True
         elif isinstance(ev, asyncio.CancelledError):
@@ -240,6 +318,8 @@ class expect_timeout:
             rows.append(
                 ["loop lag (max)", bound, fmt_s(r.loop_lag), "" if lag_ok else "<-- loop blocked"]
             )
+            if not lag_ok and r.blocked_at is not None:
+                rows.append(["blocked at", "", r.blocked_at, ""])
             passed = passed and lag_ok
         notes = list(r.notes)
         if r.gave_up:
@@ -268,6 +348,7 @@ class expect_timeout:
                 "elapsed": r.elapsed,
                 "gave_up": r.gave_up,
                 "loop_lag": r.loop_lag,
+                "blocked_at": r.blocked_at,
             },
             tolerance=str(self.tolerance),
             headers=["check", "expected", "observed", ""],
@@ -284,6 +365,136 @@ class expect_timeout:
         except TimeoutMismatch as failure:
             raise failure from ev
         return False  # pragma: no cover - check() raised
+
+
+class LoopBlocked(VerdictFailed):
+    """Something blocked the event loop for longer than claimed (sync I/O in async code)."""
+
+
+@dataclass
+class BlockingResult:
+    """What :class:`expect_no_blocking` observed (filled when the block exits)."""
+
+    loop_lag: float | None = None
+    blocked_at: str | None = None
+    elapsed: float | None = None
+    verdict: Verdict | None = None
+
+
+class expect_no_blocking:
+    """Assert that nothing blocks the event loop for more than ``max_lag`` seconds.
+
+    ``async with expect_no_blocking(max_lag=0.05):`` runs a :class:`LoopLagProbe`
+    (a 5 ms timer, with a watchdog thread that samples the loop thread's stack
+    while the loop is late) from the first line of the block to the last. On
+    exit a ``loop-lag`` verdict names the worst lag and, when it saw one, the
+    call site that blocked (``file:line in func``); it raises
+    :class:`LoopBlocked` when the lag exceeded ``max_lag``. When the block
+    itself raises, its exception propagates and the verdict is only recorded.
+
+    Needs a running event loop on the real clock: a sync ``with`` raises
+    :class:`~pytest_resilience.ResilienceError` (a sync block has no loop to
+    block), and so does ``async with`` under the virtual clock (loop lag is not
+    measurable in virtual time).
+    """
+
+    def __init__(self, max_lag: float = 0.05, *, what: str = "the async code") -> None:
+        if max_lag <= 0:
+            raise ConfigError(f"expect_no_blocking(max_lag={max_lag!r}): must be > 0 seconds")
+        self.max_lag = max_lag
+        self.what = what
+        self.result = BlockingResult()
+        self._probe: LoopLagProbe | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> BlockingResult:
+        raise ResilienceError(
+            "expect_no_blocking() measures event-loop lag and needs a running event loop: "
+            "use `async with expect_no_blocking(...)` inside a coroutine "
+            "(e.g. a @pytest.mark.asyncio test). See README, Verdicts > Timeouts."
+        )
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:  # pragma: no cover - __enter__ always raises
+        return None
+
+    async def __aenter__(self) -> BlockingResult:
+        from pytest_resilience.clock import current_clock_kind
+
+        if current_clock_kind() == "virtual":
+            raise ResilienceError(
+                "expect_no_blocking() needs the real clock: event-loop lag is not measurable "
+                "under the virtual clock (a blocked loop costs no virtual time). Run this "
+                "check in a test without the virtual clock."
+            )
+        self._probe = LoopLagProbe(watch=self.max_lag)
+        self._started = time.perf_counter()
+        self._probe.start()  # takes its first due time now, before the block's first line
+        return self.result
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        assert self._probe is not None
+        r = self.result
+        r.loop_lag = await self._probe.stop()
+        r.elapsed = time.perf_counter() - self._started
+        r.blocked_at = self._probe.blocked_at
+        if isinstance(ev, asyncio.CancelledError):
+            return False  # cancelled from outside: nothing to judge
+        passed = r.loop_lag <= self.max_lag
+        rows = [
+            [
+                "loop lag (max)",
+                f"<= {fmt_s(self.max_lag)}",
+                fmt_s(r.loop_lag),
+                "" if passed else "<-- loop blocked",
+            ]
+        ]
+        notes: list[str] = []
+        if passed:
+            outcome = f"worst lag {fmt_s(r.loop_lag)}"
+        else:
+            where = f" at {r.blocked_at}" if r.blocked_at is not None else ""
+            if r.blocked_at is not None:
+                rows.append(["blocked at", "", r.blocked_at, ""])
+            outcome = f"loop blocked for {fmt_s(r.loop_lag)}{where}"
+            notes.append(
+                f"the event loop was blocked for {fmt_s(r.loop_lag)}{where}: a synchronous "
+                "call in async code (time.sleep, a blocking driver, file or DNS I/O, heavy "
+                "CPU work); await the async API or move it to a thread (asyncio.to_thread)"
+            )
+            if r.blocked_at is None:
+                notes.append(
+                    "no call site was seen: the block ran in library code only, or ended "
+                    "before the watchdog sampled the loop thread"
+                )
+        if ev is not None:
+            notes.append(f"the block raised {type(ev).__name__}; the verdict is only recorded")
+        verdict = Verdict(
+            kind="loop-lag",
+            claim=f"{self.what} never blocks the event loop for more than {fmt_s(self.max_lag)}",
+            passed=passed,
+            expected={"max_lag": self.max_lag},
+            observed={
+                "loop_lag": r.loop_lag,
+                "blocked_at": r.blocked_at,
+                "elapsed": r.elapsed,
+                "samples": self._probe.samples,
+            },
+            headers=["check", "expected", "observed", ""],
+            rows=rows,
+            notes=notes,
+            outcome=outcome,
+            data={"clock": "real"},
+        )
+        r.verdict = verdict
+        if ev is not None:
+            collect(verdict)  # the block's own exception wins
+            return False
+        verdict.check(LoopBlocked)
+        return False
 
 
 def _exc_name(exc: type[BaseException] | tuple[type[BaseException], ...]) -> str:
