@@ -48,9 +48,11 @@ if TYPE_CHECKING:
     from pytest_resilience.verdicts.backoff import (
         BackoffMismatch,
         BackoffModel,
+        JitterMismatch,
         amplification,
         expect_amplification,
         expect_backoff,
+        expect_jitter,
     )
     from pytest_resilience.verdicts.breaker import (
         BreakerMismatch,
@@ -92,6 +94,7 @@ __all__ = [
     "ClockReport",
     "ConfigError",
     "ConformanceReport",
+    "JitterMismatch",
     "Leak",
     "LeakChecker",
     "LeakOptions",
@@ -119,6 +122,7 @@ __all__ = [
     "current_clock_kind",
     "expect_amplification",
     "expect_backoff",
+    "expect_jitter",
     "expect_no_blocking",
     "expect_query_cancelled",
     "expect_timeout",
@@ -163,6 +167,8 @@ _LAZY = {
     "amplification": "pytest_resilience.verdicts.backoff",
     "expect_amplification": "pytest_resilience.verdicts.backoff",
     "expect_backoff": "pytest_resilience.verdicts.backoff",
+    "JitterMismatch": "pytest_resilience.verdicts.backoff",
+    "expect_jitter": "pytest_resilience.verdicts.backoff",
     "BreakerObserver": "pytest_resilience.observe.breaker",
     "observe_aiobreaker": "pytest_resilience.observe.breaker",
     "observe_circuitbreaker": "pytest_resilience.observe.breaker",

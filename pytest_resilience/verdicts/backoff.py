@@ -5,6 +5,9 @@ should wait before retry *n* (``n = 1`` is the wait after the first failed
 attempt). :func:`expect_backoff` compares a :class:`~pytest_resilience.observe.attempts.Timeline`
 with a model and fails with a table (attempt, expected delay or band,
 measured delay, off by) that also names the simple model the measurements fit.
+:func:`expect_jitter` compares the delays of *several* timelines retry by retry and
+fails when they are in lock-step (a curve without jitter lies inside a jitter band,
+so :func:`expect_backoff` alone cannot tell).
 
 Windows: on the real clock a measured delay passes when it lies in
 ``[lo - 2 ms, hi + 15 ms]`` (:data:`REAL_TOLERANCE`): timers never fire
@@ -31,14 +34,17 @@ __all__ = [
     "REAL_TOLERANCE",
     "BackoffMismatch",
     "BackoffModel",
+    "JitterMismatch",
     "amplification",
     "backoff_expo",
     "constant",
     "decorrelated",
     "expect_amplification",
     "expect_backoff",
+    "expect_jitter",
     "exponential",
     "fit_simple_model",
+    "jitter_threshold",
     "linear",
     "stamina_default",
     "tenacity_wait_exponential",
@@ -438,6 +444,240 @@ def expect_backoff(
         data={"clock": timeline.clock, "off_by": off},
     )
     return verdict.check(BackoffMismatch)
+
+
+# -- jitter across timelines -----------------------------------------------------------------
+
+#: Default chance that :func:`expect_jitter` fails a correctly jittered policy (all retries
+#: of one verdict together).
+JITTER_FALSE_ALARM = 1e-6
+
+
+class JitterMismatch(VerdictFailed):
+    """Retries of several clients are in lock-step (or jitter could not be measured)."""
+
+
+def jitter_threshold(samples: int, false_alarm: float = JITTER_FALSE_ALARM) -> float:
+    """The smallest spread, as a fraction of the jitter band, that *samples* draws show
+    except with probability *false_alarm*.
+
+    The spread (max - min) of ``N`` independent draws, each uniform on an interval at
+    least ``w`` wide, is below ``r * w`` with probability at most ``N * r ** (N - 1)``
+    (exactly ``N r^(N-1) - (N-1) r^N`` for one common interval). Solving for ``r``:
+    ``(false_alarm / N) ** (1 / (N - 1))``. For ``N = 5`` and ``1e-6``: 2.1 % of the band
+    (exact false alarm 1.0e-6); ``N = 8``: 10.3 %; ``N = 20``: 46.7 %.
+    """
+    if samples < 2:
+        raise ValueError(f"a spread needs at least 2 samples, got {samples}")
+    if not 0.0 < false_alarm < 1.0:
+        raise ValueError(f"false_alarm must be in (0, 1), got {false_alarm}")
+    return float((false_alarm / samples) ** (1.0 / (samples - 1)))
+
+
+def _spread_false_alarm(samples: int, fraction: float) -> float:
+    """Upper bound of P(spread of *samples* uniform draws < *fraction* of the band)."""
+    return float(min(1.0, samples * max(0.0, fraction) ** (samples - 1)))
+
+
+@dataclass
+class _JitterRow:
+    retry: int
+    delays: list[float]
+    required: float | None = None  # None: not judged
+    reason: str = ""
+    ok: bool = True
+
+    @property
+    def spread(self) -> float:
+        return max(self.delays) - min(self.delays) if self.delays else 0.0
+
+
+def _jitter_width(model: BackoffModel, n: int, previous: list[float | None]) -> tuple[float, str]:
+    """The narrowest uniform jitter band of retry *n* over the clients, or ``(0, why not)``.
+
+    A cap applied after the jitter (or decorrelated jitter's cap) piles draws onto the cap:
+    such retries are not uniform on the band and are not judged.
+    """
+    widths: list[float] = []
+    for prev in previous:
+        lo, hi = model.band(n, prev)
+        if model.jitter == "decorrelated":
+            base = model.initial if prev is None else prev
+            if 3.0 * base > model.cap:
+                return 0.0, f"cap {fmt_s(model.cap)} clips the jitter"
+        elif model.cap_after_jitter:
+            unclamped = replace(model, cap=math.inf, floor=0.0, cap_after_jitter=False)
+            if (lo, hi) != unclamped.band(n, prev):
+                return 0.0, "cap/floor clips the jitter"
+        if hi - lo <= EXACT.widen(0.0, 0.0)[1]:
+            return 0.0, f"no jitter expected ({_band_text(lo, hi)})"
+        widths.append(hi - lo)
+    return min(widths), ""
+
+
+def expect_jitter(
+    timelines: Sequence[Timeline] | HasTimelines,
+    model: BackoffModel | None = None,
+    *,
+    min_spread: float | None = None,
+    false_alarm: float = JITTER_FALSE_ALARM,
+    noise: float | None = None,
+) -> Verdict:
+    """Assert that *timelines* (several clients or calls under the same retry policy)
+    do not retry in lock-step: before each retry their waits differ enough.
+
+    For each retry number with at least 2 samples, the spread (max - min) of the waits
+    must reach the required spread; the verdict fails when any judged retry falls short,
+    and fails as "not measured" when there are fewer than 2 timelines or no retry can be
+    judged (it never passes by default).
+
+    * With a jittered *model*, the required spread is ``min_spread`` times the band
+      width (``hi - lo``; for equal jitter ``t/2``). ``min_spread`` defaults to
+      :func:`jitter_threshold` of the sample count, with *false_alarm* shared among
+      the judged retries, so a correctly jittered policy fails with probability at
+      most *false_alarm*. Retries whose band is zero or clipped by a cap applied after
+      the jitter are not judged.
+    * Without a model the band is unknown: the waits must merely differ (beyond the
+      noise floor, and by ``min_spread`` times their median when given).
+    * On the real clock the waits carry scheduling noise up to *noise* (default: the
+      width of :data:`REAL_TOLERANCE`, 17 ms), which can add or remove that much spread:
+      the required spread is lowered by *noise* but must exceed it, and a retry whose
+      band is too narrow for that is not judged. Requested waits and virtual time are
+      exact (no floor).
+
+    Raises :class:`JitterMismatch` with a table (retry, samples, min, max, spread,
+    required) when the retries are in lock-step.
+    """
+    if model is not None and model.exact:
+        raise ValueError(
+            f"expect_jitter() needs a jittered model, got {model.describe()!r}: "
+            "a policy without jitter is checked with expect_backoff()"
+        )
+    if min_spread is not None and min_spread < 0:
+        raise ValueError(f"min_spread must not be negative, got {min_spread}")
+    lines = list(timelines.timelines) if hasattr(timelines, "timelines") else list(timelines)
+    exact = all(t.exact for t in lines)
+    floor = 0.0 if exact else (
+        REAL_TOLERANCE.early + REAL_TOLERANCE.late if noise is None else noise
+    )
+    per_line = [t.delays() for t in lines]
+    most = max((len(d) for d in per_line), default=0)
+
+    rows: list[_JitterRow] = []
+    for i in range(most):
+        n = i + 1
+        have = [d for d in per_line if len(d) > i]
+        row = _JitterRow(n, [d[i] for d in have])
+        rows.append(row)
+        if len(have) < 2:
+            row.reason = "not judged: fewer than 2 samples"
+            continue
+        if model is not None:
+            width, why = _jitter_width(model, n, [d[i - 1] if i else None for d in have])
+            if not width:
+                row.reason = f"not judged: {why}"
+                continue
+            row.required = width  # scaled below, once the judged rows are known
+    judged = [r for r in rows if r.required is not None or (model is None and not r.reason)]
+    share = false_alarm / len(judged) if judged else false_alarm
+    alarm = 0.0
+    for row in judged:
+        samples = len(row.delays)
+        if model is None:
+            scale = statistics.median(row.delays) * (min_spread or 0.0)
+            row.required = max(scale, floor) + EXACT.widen(0.0, 0.0)[1]
+        else:
+            width = row.required or 0.0
+            fraction = jitter_threshold(samples, share) if min_spread is None else min_spread
+            # noise can shrink a true spread by up to `floor`; the requirement must stay above it
+            required = fraction * width - floor
+            if required <= floor:
+                row.required = None
+                row.reason = (
+                    f"not judged: band {fmt_s(width)} too narrow for the "
+                    f"{fmt_s(floor)} noise floor"
+                )
+                continue
+            row.required = max(required, EXACT.widen(0.0, 0.0)[1])
+            alarm += _spread_false_alarm(samples, fraction)
+        row.ok = row.spread >= row.required
+    judged = [r for r in judged if r.required is not None]
+    lockstep = [r for r in judged if not r.ok and r.spread <= floor + EXACT.widen(0.0, 0.0)[1]]
+    narrow = [r for r in judged if not r.ok and r not in lockstep]
+
+    what = model.describe() if model is not None else "jittered retries"
+    plural = "" if len(lines) == 1 else "s"
+    claim = f"{what}: clients do not retry in lock-step ({len(lines)} timeline{plural})"
+    notes: list[str] = []
+    if len(lines) < 2 or not judged:
+        passed = False
+        why = f"{len(lines)} timeline{plural}" if len(lines) < 2 else "no retry could be judged"
+        outcome = "not measured"
+        notes.append(
+            f"jitter not measured: {why}; give at least 2 timelines of clients (or calls) "
+            "retrying the same outage, with at least one retry each"
+        )
+    else:
+        passed = not lockstep and not narrow
+        outcome = "jittered" if passed else ("lock-step" if lockstep else "too little jitter")
+        if lockstep:
+            waited = ", ".join(
+                f"{fmt_s(statistics.median(r.delays))} before retry {r.retry}" for r in lockstep
+            )
+            noun = "every client waited" if exact else "every client waited about"
+            notes.append(f"retries are in lock-step: {noun} {waited} (no jitter)")
+        if narrow:
+            spread = ", ".join(
+                f"{fmt_s(r.spread)} before retry {r.retry} (required {fmt_s(r.required)})"
+                for r in narrow
+            )
+            notes.append(f"too little jitter: the waits spread over only {spread}")
+    if min_spread is None and model is not None and judged:
+        notes.append(
+            f"required spread: a fraction of the jitter band chosen so that a correctly "
+            f"jittered policy fails with probability <= {alarm:.1g}"
+        )
+    elif model is not None and judged:
+        notes.append(
+            f"min_spread={min_spread:g} of the band: a correctly jittered policy fails with "
+            f"probability <= {alarm:.2g}"
+        )
+    clock_text = "exact" if exact else f"real clock, noise floor {fmt_s(floor)}"
+    sources = sorted({t.source or "timeline" for t in lines})
+    notes.append(f"source: {', '.join(sources) or 'no timelines'}, {clock_text}")
+
+    table: list[list[str]] = []
+    for row in rows:
+        if row.required is None:
+            status, mark = row.reason, ""
+        elif row.ok:
+            status, mark = "ok", ""
+        else:
+            status, mark = ("lock-step" if row in lockstep else "too little"), "<--"
+        table.append([
+            str(row.retry), str(len(row.delays)),
+            fmt_s(min(row.delays)), fmt_s(max(row.delays)), fmt_s(row.spread),
+            fmt_s(row.required) if row.required is not None else "-", status, mark,
+        ])
+    verdict = Verdict(
+        kind="jitter",
+        claim=claim,
+        passed=passed,
+        expected={
+            "model": model.describe() if model is not None else None,
+            "required_spread": [r.required for r in rows],
+            "false_alarm": alarm if model is not None else None,
+        },
+        observed={"timelines": len(lines), "delays": per_line,
+                  "spread": [r.spread for r in rows]},
+        tolerance="exact" if exact else f"noise floor {fmt_s(floor)}",
+        headers=["retry", "samples", "min", "max", "spread", "required", "result", ""],
+        rows=table,
+        notes=notes,
+        outcome=outcome,
+        data={"clock": "exact" if exact else "real", "lock_step": [r.retry for r in lockstep]},
+    )
+    return verdict.check(JitterMismatch)
 
 
 # -- retry amplification ---------------------------------------------------------------------

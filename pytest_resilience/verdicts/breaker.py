@@ -11,7 +11,11 @@ after a failed one.
 :func:`acheck_breaker_conformance` (asyncio) drive a breaker through an
 outage and a recovery with a scripted backend and report every property
 separately, including how many concurrent calls reach the backend while the
-breaker is half-open (one, for a breaker that limits trials).
+breaker is half-open (one, for a breaker that limits trials). Every property is
+always in the report: one the run could not exercise (the breaker never opened,
+so nothing could be half-open) is *not measured*, and counts as failing unless
+allowed. ``failure=`` chooses what the backend raises during the outage, for
+breakers that count only some errors.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pytest_resilience.observe.breaker import (
 from pytest_resilience.verdicts.core import Tolerance, Verdict, VerdictFailed, fmt_s
 
 __all__ = [
+    "PROPERTIES",
     "BackendDown",
     "BreakerMismatch",
     "ConformanceReport",
@@ -193,12 +198,34 @@ def _consecutive_failures(calls: Sequence[CallRecord], start: float, end: float)
 
 
 class BackendDown(ConnectionError):
-    """What the conformance harness's backend raises during the outage."""
+    """What the conformance harness's backend raises during the outage (by default)."""
+
+
+#: The properties of a conformance run, in the order they are measured.
+PROPERTIES = (
+    "opens_after_failures",
+    "fail_fast_while_open",
+    "half_open_after_recovery_timeout",
+    "reopens_on_failed_trial",
+    "half_open_trials",
+    "closes_on_successful_trial",
+)
+
+#: What the backend raises during the outage: an exception type (created with a
+#: message), an instance (raised every time), or a callable returning one.
+Failure = type[Exception] | Exception | Callable[[], Exception]
+
+_DOWN = "backend is down (conformance harness)"
 
 
 @dataclass
 class Property:
-    """One property of the conformance check."""
+    """One property of the conformance check.
+
+    ``measured`` is False when the run could not exercise the property (e.g. no
+    trial while half-open because the breaker never opened); such a property
+    does not pass, and ``observed`` says ``"not measured: <why>"``.
+    """
 
     name: str
     expected: str
@@ -206,6 +233,23 @@ class Property:
     passed: bool
     detail: str = ""
     value: Any = None
+    measured: bool = True
+
+    @property
+    def ok(self) -> bool:
+        """Measured and holds (a not measured property is never ok)."""
+        return self.passed and self.measured
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"fails"`` or ``"not measured"``."""
+        if not self.measured:
+            return "not measured"
+        return "ok" if self.passed else "fails"
+
+
+def _not_measured(name: str, expected: str, why: str) -> Property:
+    return Property(name, expected, f"not measured: {why}", False, measured=False)
 
 
 @dataclass
@@ -224,49 +268,145 @@ class ConformanceReport:
 
     @property
     def passed(self) -> bool:
-        """True when every property holds."""
-        return all(p.passed for p in self.properties)
+        """True when every property was measured and holds."""
+        return self.passes()
 
     @property
     def failed(self) -> list[str]:
-        """Names of the properties that do not hold."""
-        return [p.name for p in self.properties if not p.passed]
+        """Names of the properties that do not hold, the not measured ones included."""
+        return [p.name for p in self.properties if not p.ok]
 
-    def verdict(self) -> Verdict:
-        """The report as a :class:`Verdict` (one table row per property)."""
-        notes = [f"{p.name}: {p.detail}" for p in self.properties if p.detail and not p.passed]
+    @property
+    def not_measured(self) -> list[str]:
+        """Names of the properties the run could not exercise."""
+        return [p.name for p in self.properties if not p.measured]
+
+    def passes(self, allow: Sequence[str] = ()) -> bool:
+        """True when every property not in *allow* was measured and holds."""
+        allowed = _allowed(allow)
+        return all(p.ok or p.name in allowed for p in self._complete())
+
+    def _complete(self) -> list[Property]:
+        """The properties, plus a not measured row for each one missing from the report."""
+        have = {p.name for p in self.properties}
+        missing = [
+            _not_measured(name, "", "not in the report") for name in PROPERTIES if name not in have
+        ]
+        return [*self.properties, *missing]
+
+    def verdict(self, *, allow: Sequence[str] = ()) -> Verdict:
+        """The report as a :class:`Verdict` (one table row per property).
+
+        The last column is ``ok``, ``<-- FAILS``, ``<-- NOT MEASURED``, or for a
+        property in *allow* ``allowed (fails)`` / ``allowed (not measured)``; the
+        verdict passes exactly when every row is ``ok`` or allowed.
+        """
+        allowed = _allowed(allow)
+
+        def mark(p: Property) -> str:
+            if p.ok:
+                return "ok"
+            if p.name in allowed:
+                return f"allowed ({p.status})"
+            return f"<-- {p.status.upper()}"
+
+        properties = self._complete()
+        failing = [p for p in properties if not p.ok]
+        notes = [
+            f"{p.name}{' (allowed)' if p.name in allowed else ''}: {p.detail}"
+            for p in failing
+            if p.detail
+        ]
+        counts = {
+            "fail": [p.name for p in failing if p.measured and p.name not in allowed],
+            "not measured": [p.name for p in failing if not p.measured and p.name not in allowed],
+            "allowed": [p.name for p in failing if p.name in allowed],
+        }
+        outcome = "; ".join(f"{k}: {', '.join(v)}" for k, v in counts.items() if v)
+        outcome = outcome or f"all {len(properties)} properties hold"
+        claim = f"{self.breaker} behaves like a circuit breaker"
+        if allowed:
+            claim += f" (allowed: {', '.join(sorted(allowed))})"
         return Verdict(
             kind="breaker-conformance",
-            claim=f"{self.breaker} behaves like a circuit breaker",
-            passed=self.passed,
-            expected={p.name: p.expected for p in self.properties},
-            observed={
-                p.name: p.value if p.value is not None else p.observed for p in self.properties
-            },
+            claim=claim,
+            passed=self.passes(allow),
+            expected={p.name: p.expected for p in properties},
+            observed={p.name: p.value if p.value is not None else p.observed for p in properties},
             headers=["property", "expected", "observed", ""],
-            rows=[
-                [p.name, p.expected, p.observed, "ok" if p.passed else "<-- FAILS"]
-                for p in self.properties
-            ],
+            rows=[[p.name, p.expected, p.observed, mark(p)] for p in properties],
             notes=notes,
+            data={"measured": {p.name: p.measured for p in properties}},
+            outcome=outcome,
         )
 
-    def text(self) -> str:
+    def text(self, *, allow: Sequence[str] = ()) -> str:
         """The report as text."""
-        return self.verdict().text()
+        return self.verdict(allow=allow).text()
 
     def check(self, *, allow: Sequence[str] = ()) -> ConformanceReport:
-        """Raise :class:`BreakerMismatch` unless every property not in *allow* holds."""
-        verdict = self.verdict()
-        verdict.passed = all(p.passed or p.name in allow for p in self.properties)
-        verdict.check(BreakerMismatch)
+        """Raise :class:`BreakerMismatch` unless every property not in *allow* was
+        measured and holds (a not measured property fails unless allowed)."""
+        self.verdict(allow=allow).check(BreakerMismatch)
         return self
+
+
+def _allowed(allow: Sequence[str]) -> frozenset[str]:
+    if isinstance(allow, str):
+        allow = [allow]
+    unknown = [name for name in allow if name not in PROPERTIES]
+    if unknown:
+        raise ValueError(
+            f"allow={list(allow)!r}: unknown propert{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(map(repr, unknown))}; valid names: {', '.join(PROPERTIES)}"
+        )
+    return frozenset(allow)
+
+
+def _failure_factory(failure: Failure) -> tuple[Callable[[], Exception], str]:
+    """A function making the backend's failure, and the failure's type name.
+
+    Checked once, up front: a bad ``failure=`` raises ``TypeError`` here rather
+    than inside the backend (where the breaker would count it as an outage).
+    """
+    if isinstance(failure, type):
+        if not issubclass(failure, Exception):
+            raise TypeError(f"failure={failure!r}: expected an Exception subclass")
+        kind: type[Exception] = failure
+        try:
+            kind(_DOWN)
+        except Exception as exc:
+            raise TypeError(
+                f"failure={kind.__name__}: cannot create {kind.__name__}({_DOWN!r}) ({exc}); "
+                f"pass an instance or a callable, e.g. failure=lambda: {kind.__name__}(...)"
+            ) from exc
+        return (lambda: kind(_DOWN)), kind.__name__
+    if isinstance(failure, BaseException):
+        if not isinstance(failure, Exception):
+            raise TypeError(f"failure={failure!r}: expected an Exception instance")
+        instance = failure
+        return (lambda: instance.with_traceback(None)), type(instance).__name__
+    if callable(failure):
+        make = failure
+
+        def made() -> Exception:
+            exc = make()
+            if not isinstance(exc, Exception):
+                raise TypeError(f"failure={make!r} returned {exc!r}, not an Exception instance")
+            return exc
+
+        return made, type(made()).__name__
+    raise TypeError(
+        f"failure={failure!r}: expected an exception type, an exception instance, "
+        "or a callable returning an exception"
+    )
 
 
 class _Backend:
     """The scripted dependency: down or up, optionally holding calls at a gate."""
 
-    def __init__(self) -> None:
+    def __init__(self, failure: Callable[[], Exception]) -> None:
+        self.failure = failure
         self.down = True
         self.entered = 0
         self.gate_closed = False
@@ -283,7 +423,7 @@ class _Backend:
         if self.gate_closed:
             self.thread_gate.wait(30.0)
         if self.down:
-            raise BackendDown("backend is down (conformance harness)")
+            raise self.failure()
         return "ok"
 
     async def aio(self) -> str:
@@ -291,7 +431,7 @@ class _Backend:
         if self.gate_closed and self.async_gate is not None:
             await self.async_gate.wait()
         if self.down:
-            raise BackendDown("backend is down (conformance harness)")
+            raise self.failure()
         return "ok"
 
 
@@ -313,7 +453,31 @@ class _Plan:
         return 3 * self.recovery_timeout + 1.0
 
 
-def _opens_property(obs: BreakerObserver, plan: _Plan, tripping_error: str) -> Property:
+def _expected(name: str, plan: _Plan) -> str:
+    return {
+        "opens_after_failures": f"{plan.failures_to_open} failures",
+        "fail_fast_while_open": f"0 of {plan.fail_fast_calls} calls reach the backend",
+        "half_open_after_recovery_timeout": (
+            f"a trial after {fmt_s(plan.recovery_timeout)} (probed every {fmt_s(plan.probe_every)})"
+        ),
+        "reopens_on_failed_trial": "next call rejected after a failed trial",
+        "half_open_trials": f"1 of {plan.concurrency} concurrent calls reaches the backend",
+        "closes_on_successful_trial": "the next call reaches the backend and succeeds",
+    }[name]
+
+
+def _rest_not_measured(report: ConformanceReport, plan: _Plan, why: str) -> ConformanceReport:
+    """Add every property not yet in *report* as not measured, saying *why*."""
+    have = {p.name for p in report.properties}
+    for name in PROPERTIES:
+        if name not in have:
+            report.properties.append(_not_measured(name, _expected(name, plan), why))
+    return report
+
+
+def _opens_property(
+    obs: BreakerObserver, plan: _Plan, tripping_error: str, failure_name: str
+) -> Property:
     reached_failures = 0
     first_reject: CallRecord | None = None
     for c in obs.calls:
@@ -323,24 +487,32 @@ def _opens_property(obs: BreakerObserver, plan: _Plan, tripping_error: str) -> P
         if c.outcome == "error":
             reached_failures += 1
     opened = first_reject is not None
+    if opened:
+        detail = f"the backend raised {failure_name}; the tripping call raised {tripping_error}"
+    else:
+        detail = (
+            f"the backend raised {failure_name} and the breaker never rejected a call; "
+            "if it counts only some errors, pass the one it counts: failure=..."
+        )
     return Property(
         "opens_after_failures",
-        f"{plan.failures_to_open} failures",
+        _expected("opens_after_failures", plan),
         f"{reached_failures} failures" if opened else f"never opened in {len(obs.calls)} calls",
         opened and reached_failures == plan.failures_to_open,
-        detail=f"the tripping call raised {tripping_error}",
+        detail=detail,
         value=reached_failures if opened else None,
     )
 
 
-def _fail_fast_property(records: Sequence[CallRecord], plan: _Plan) -> Property:
+def _fail_fast_property(records: Sequence[CallRecord], plan: _Plan, opened: bool) -> Property:
     reached = sum(1 for c in records if c.reached)
     slowest = max(((c.ended or c.started) - c.started for c in records), default=0.0)
     return Property(
         "fail_fast_while_open",
-        f"0 of {plan.fail_fast_calls} calls reach the backend",
+        _expected("fail_fast_while_open", plan),
         f"{reached} of {len(records)} reached; slowest rejection {fmt_s(slowest)}",
-        reached == 0 and len(records) == plan.fail_fast_calls,
+        opened and reached == 0 and len(records) == plan.fail_fast_calls,
+        detail="" if opened else "the breaker never opened: every call went to the backend",
         value=reached,
     )
 
@@ -351,7 +523,7 @@ def _half_open_property(trial: CallRecord | None, trip_time: float, plan: _Plan)
     if trial is None:
         return Property(
             "half_open_after_recovery_timeout",
-            f"a trial after {fmt_s(plan.recovery_timeout)}",
+            _expected("half_open_after_recovery_timeout", plan),
             f"no call reached the backend within {fmt_s(plan.give_up)}",
             False,
             detail="the breaker never let a trial call through",
@@ -359,7 +531,7 @@ def _half_open_property(trial: CallRecord | None, trip_time: float, plan: _Plan)
     waited = (trial.reached_at or 0.0) - trip_time
     return Property(
         "half_open_after_recovery_timeout",
-        f"a trial after {fmt_s(plan.recovery_timeout)} (probed every {fmt_s(plan.probe_every)})",
+        _expected("half_open_after_recovery_timeout", plan),
         f"first trial {fmt_s(waited)} after opening",
         lo <= waited <= hi,
         detail="too early" if waited < lo else ("too late" if waited > hi else ""),
@@ -400,6 +572,22 @@ def _trials_property(reached: int, plan: _Plan, racers: Sequence[CallRecord]) ->
     )
 
 
+def _no_failed_trial(trial: CallRecord, plan: _Plan) -> Property:
+    why = "the trial during the outage did not fail (the call through the breaker returned)"
+    if trial.outcome != "ok":
+        why = f"the trial during the outage did not end ({trial.outcome})"
+    return _not_measured("reopens_on_failed_trial", _expected("reopens_on_failed_trial", plan), why)
+
+
+def _no_successful_trial(racers: Sequence[CallRecord]) -> str:
+    rejected = sum(1 for c in racers if c.outcome == "rejected")
+    failed = sum(1 for c in racers if c.reached and c.outcome != "ok")
+    return (
+        f"no half-open trial succeeded ({rejected} of {len(racers)} concurrent calls rejected, "
+        f"{failed} reached the backend and failed)"
+    )
+
+
 def _closes_property(ok: bool, error: str) -> Property:
     return Property(
         "closes_on_successful_trial",
@@ -423,6 +611,7 @@ def check_breaker_conformance(
     settle: float = 0.5,
     late: float = 0.1,
     name: str = "breaker",
+    failure: Failure = BackendDown,
 ) -> ConformanceReport:
     """Drive a *sync* breaker through an outage and recovery (threads for concurrency).
 
@@ -436,9 +625,19 @@ def check_breaker_conformance(
     The first trial must come no sooner than ``recovery_timeout`` (2 ms clock
     skew allowed) and no later than ``recovery_timeout`` + one probe interval
     (``recovery_timeout / 20``, at least 5 ms) + ``late``.
+
+    ``failure`` is what the backend raises during the outage: an exception type
+    (created with a message; default :class:`BackendDown`), an instance (raised
+    every time), or a callable returning one - e.g. an ``httpx.HTTPStatusError``
+    for a breaker that counts only HTTP errors.
+
+    Every property is in the report. One the run could not exercise (the
+    breaker never opened, never let a trial through, or no trial succeeded) is
+    *not measured* (``Property.measured`` is False) and fails unless allowed.
     """
     plan = _Plan(failures_to_open, recovery_timeout, concurrency, fail_fast_calls, settle, late)
-    backend = _Backend()
+    make_failure, failure_name = _failure_factory(failure)
+    backend = _Backend(make_failure)
     obs = BreakerObserver(name=name)
     guarded = obs.backend(backend.sync)
 
@@ -456,25 +655,29 @@ def check_breaker_conformance(
         if obs.calls[-1].outcome == "rejected":
             break
         tripping_error = _describe(err)
-    report.properties.append(_opens_property(obs, plan, tripping_error))
-    if obs.rejected == 0:
-        return report
-    trip_time = max(c.ended or 0.0 for c in obs.calls if c.reached)
+    report.properties.append(_opens_property(obs, plan, tripping_error, failure_name))
+    opened = obs.rejected > 0
+    trip_time = max((c.ended or 0.0 for c in obs.calls if c.reached), default=obs.started_at)
 
     start = len(obs.calls)
     for _ in range(fail_fast_calls):
         attempt()
-    report.properties.append(_fail_fast_property(obs.calls[start:], plan))
+    report.properties.append(_fail_fast_property(obs.calls[start:], plan, opened))
+    if not opened:
+        return _rest_not_measured(report, plan, "the breaker never opened")
 
     # half-open only after the recovery timeout: probe until a call gets through
     obs.probe_every, obs.probe_within = plan.probe_every, plan.give_up
     trial = obs.call_until_reached(call, guarded)
     report.properties.append(_half_open_property(trial, trip_time, plan))
     if trial is None:
-        return report
+        return _rest_not_measured(report, plan, "no trial call reached the backend")
     reopen_time = obs.calls[-1].ended or time.monotonic()
-    attempt()
-    report.properties.append(_reopen_property(trial, not obs.calls[-1].reached))
+    if trial.outcome == "error":
+        attempt()
+        report.properties.append(_reopen_property(trial, not obs.calls[-1].reached))
+    else:
+        report.properties.append(_no_failed_trial(trial, plan))
 
     # concurrent trials while half-open: wait out the timeout, then fire at once
     time.sleep(max(0.0, reopen_time + recovery_timeout + plan.probe_every - time.monotonic()))
@@ -505,7 +708,10 @@ def check_breaker_conformance(
     backend.thread_gate.set()
     for t in threads:
         t.join(30.0)
-    report.properties.append(_trials_property(reached, plan, obs.calls[start:]))
+    racers = obs.calls[start:]
+    report.properties.append(_trials_property(reached, plan, racers))
+    if not any(c.reached and c.outcome == "ok" for c in racers):
+        return _rest_not_measured(report, plan, _no_successful_trial(racers))
 
     err = attempt()
     last = obs.calls[-1]
@@ -525,15 +731,18 @@ async def acheck_breaker_conformance(
     settle: float = 0.5,
     late: float = 0.1,
     name: str = "breaker",
+    failure: Failure = BackendDown,
 ) -> ConformanceReport:
     """Async twin of :func:`check_breaker_conformance`: ``call(backend)`` awaits ``backend()``
     through the breaker, e.g. ``lambda backend: breaker.call_async(backend)``.
 
     The concurrent half-open calls are tasks; the first trial is held until
     every task has either reached the backend or finished (at most ``settle`` s).
+    ``failure`` and not measured properties: as in :func:`check_breaker_conformance`.
     """
     plan = _Plan(failures_to_open, recovery_timeout, concurrency, fail_fast_calls, settle, late)
-    backend = _Backend()
+    make_failure, failure_name = _failure_factory(failure)
+    backend = _Backend(make_failure)
     backend.async_gate = asyncio.Event()
     obs = BreakerObserver(name=name)
     guarded = obs.backend(backend.aio)
@@ -552,24 +761,28 @@ async def acheck_breaker_conformance(
         if obs.calls[-1].outcome == "rejected":
             break
         tripping_error = _describe(err)
-    report.properties.append(_opens_property(obs, plan, tripping_error))
-    if obs.rejected == 0:
-        return report
-    trip_time = max(c.ended or 0.0 for c in obs.calls if c.reached)
+    report.properties.append(_opens_property(obs, plan, tripping_error, failure_name))
+    opened = obs.rejected > 0
+    trip_time = max((c.ended or 0.0 for c in obs.calls if c.reached), default=obs.started_at)
 
     start = len(obs.calls)
     for _ in range(fail_fast_calls):
         await attempt()
-    report.properties.append(_fail_fast_property(obs.calls[start:], plan))
+    report.properties.append(_fail_fast_property(obs.calls[start:], plan, opened))
+    if not opened:
+        return _rest_not_measured(report, plan, "the breaker never opened")
 
     obs.probe_every, obs.probe_within = plan.probe_every, plan.give_up
     trial = await obs.acall_until_reached(call, guarded)
     report.properties.append(_half_open_property(trial, trip_time, plan))
     if trial is None:
-        return report
+        return _rest_not_measured(report, plan, "no trial call reached the backend")
     reopen_time = obs.calls[-1].ended or time.monotonic()
-    await attempt()
-    report.properties.append(_reopen_property(trial, not obs.calls[-1].reached))
+    if trial.outcome == "error":
+        await attempt()
+        report.properties.append(_reopen_property(trial, not obs.calls[-1].reached))
+    else:
+        report.properties.append(_no_failed_trial(trial, plan))
 
     await asyncio.sleep(
         max(0.0, reopen_time + recovery_timeout + plan.probe_every - time.monotonic())
@@ -591,7 +804,10 @@ async def acheck_breaker_conformance(
     backend.async_gate.set()
     async with asyncio.timeout(30.0):
         await asyncio.gather(*tasks)
-    report.properties.append(_trials_property(reached, plan, obs.calls[start:]))
+    racers = obs.calls[start:]
+    report.properties.append(_trials_property(reached, plan, racers))
+    if not any(c.reached and c.outcome == "ok" for c in racers):
+        return _rest_not_measured(report, plan, _no_successful_trial(racers))
 
     err = await attempt()
     last = obs.calls[-1]

@@ -293,7 +293,10 @@ def test_circuitbreaker_call_method_never_fails_fast() -> None:
         lambda backend: breaker.call(backend), failures_to_open=3, recovery_timeout=RECOVERY,
         name="circuitbreaker .call()",
     )
-    assert report.failed == ["opens_after_failures"]
+    # it never opens: fail-fast fails too, and nothing after the opening can be measured
+    assert report.failed[:2] == ["opens_after_failures", "fail_fast_while_open"]
+    assert report.not_measured == report.failed[2:]
+    assert len(report.properties) == 6
     assert report["opens_after_failures"].observed == "never opened in 6 calls"
 
 
