@@ -208,6 +208,14 @@ def _dsn(value: str, source: str) -> str:
                 f"{source}: DSN {redact_dsn(value)!r} has scheme {parts.scheme!r}; "
                 "expected postgresql://user[:password]@host[:port]/dbname"
             )
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+        except ValueError:
+            port = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2]
+            raise pytest.UsageError(
+                f"{source}: DSN {redact_dsn(value)!r} has port {port!r}; the port must be a "
+                "number 1-65535"
+            ) from None
     elif "=" not in value:
         raise pytest.UsageError(
             f"{source}: {redact_dsn(value)!r} is not a DSN; expected "
@@ -219,7 +227,8 @@ def _dsn(value: str, source: str) -> str:
 def _url(value: str, source: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise pytest.UsageError(
-            f"{source}={value!r} is not an URL; expected e.g. http://127.0.0.1:8474"
+            f"{source}={redact_dsn(value)!r} is not an URL; expected e.g. "
+            "http://127.0.0.1:8474"
         )
     return value.rstrip("/")
 

@@ -711,8 +711,15 @@ def connect_external(dsn: str) -> PostgresServer:
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"bad Postgres DSN {redact_dsn(dsn)!r}: {exc}") from None
     host = str(params.get("host") or "127.0.0.1")
+    port_text = str(params.get("port") or "5432")
+    port = int(port_text) if port_text.isdigit() else 0
+    if not 0 < port < 65536:  # never int() here: its traceback would show the DSN
+        raise ConfigError(
+            f"bad Postgres DSN {redact_dsn(dsn)!r}: port {port_text!r} is not a number "
+            f"1-65535 ({README})"
+        )
     server = PostgresServer(
-        host=host, port=int(params.get("port") or 5432),
+        host=host, port=port,
         user=str(params.get("user") or os.environ.get("USER", "postgres")),
         dbname=str(params.get("dbname") or "postgres"),
         password=str(params["password"]) if params.get("password") else None,

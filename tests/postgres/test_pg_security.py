@@ -157,3 +157,29 @@ def test_no_output_shows_the_password(pytester: pytest.Pytester, tmp_path: Path)
     assert len(password) >= 20
     assert "boom" in proc.stdout
     assert password not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://u:hunter2secret@localhost:abc/db",
+         "*DSN 'postgresql://u:***@localhost:abc/db' has port 'abc'; the port must be a "
+         "number 1-65535*"),
+        ("host=localhost port=abc user=u password=hunter2secret dbname=db",
+         "*bad Postgres DSN 'host=localhost port=abc user=u password=*** dbname=db': port "
+         "'abc' is not a number 1-65535*"),
+    ],
+    ids=["url", "keywords"],
+)
+def test_bad_dsn_port_is_one_line_without_the_password(
+    pytester: pytest.Pytester, dsn: str, expected: str
+) -> None:
+    pytester.makepyfile("def test_db(postgres):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "pytest_resilience",
+                                           "--resilience-postgres=external",
+                                           f"--resilience-postgres-dsn={dsn}", timeout=120)
+    output = result.stdout.str() + result.stderr.str()
+    assert "hunter2secret" not in output
+    assert "Traceback" not in output
+    assert "INTERNALERROR" not in output
+    (result.stderr if "://" in dsn else result.stdout).fnmatch_lines([expected])
