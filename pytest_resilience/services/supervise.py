@@ -250,6 +250,8 @@ def reaper_pid() -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    # The reaper's ``alive`` (in _REAPER) is the same rule: it runs with ``python -I -S``
+    # and cannot import this package.
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:

@@ -104,15 +104,25 @@ def _connect(port: int) -> None:
 
 
 def _accepted(client: Client, name: str, since: int, count: int) -> list[Event]:
-    """Wait (bounded) until ``count`` accepted events of ``name`` after ``since`` exist."""
+    """Wait (bounded) until ``count`` accepted events of ``name`` after ``since`` exist:
+    long-polls the engine's event log (``wait=``), no sleeping."""
     import time
 
+    import httpx
+
     deadline = time.monotonic() + 5
-    while True:
-        events = [e for e in client.events(proxy=name, since=since) if e.kind == "accepted"]
-        if len(events) >= count or time.monotonic() > deadline:
-            return events
-        time.sleep(0.01)
+    cursor, seen = since, 0
+    while seen < count and (remaining := deadline - time.monotonic()) > 0:
+        answer = httpx.get(
+            f"{client.url}/x-resilience/events",
+            params={"proxy": name, "since": cursor, "kind": "accepted",
+                    "wait": min(remaining, 5)},
+            timeout=10,
+        ).json()["events"]
+        if answer:
+            seen += len(answer)
+            cursor = answer[-1]["seq"]
+    return [e for e in client.events(proxy=name, since=since) if e.kind == "accepted"]
 
 
 def test_a_factory_proxy_starts_at_its_creation(engine: Client) -> None:
