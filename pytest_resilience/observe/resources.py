@@ -61,7 +61,7 @@ SERVICE_THREAD_PREFIX = _registry.MARK
 #: Also accepted for thread names (``resilience-http-engine``...).
 SERVICE_THREAD_PREFIXES = (SERVICE_THREAD_PREFIX, "resilience-")
 #: Unix sockets under a path containing this belong to plugin services.
-SERVICE_PATH_MARK = "pytest-resilience"
+SERVICE_PATH_MARK = _registry.MARK
 
 Frame = tuple[str, int, str]  # (filename, lineno, function)
 

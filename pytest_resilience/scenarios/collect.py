@@ -125,21 +125,14 @@ def _import_target(scenario: Scenario) -> str | None:
     """Import the target's module now, as pytest imports a test module at collection: a
     bad import path is a collection-time failure naming the line, and the import's cost
     is not counted in the scenario's run time."""
-    import importlib
+    from pytest_resilience.scenarios.runner import ScenarioUsageError, resolve
 
     path = scenario.target.call or (scenario.target.http.app if scenario.target.http else "")
-    module_name, _, attr = path.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module: any error at import is theirs
-        return f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            return f"{module_name!r} has no {attr!r}"
-        obj = getattr(obj, part)
-    if not callable(obj):
-        return f"{path!r} is not callable"
-    return None
+        obj = resolve(path)
+    except ScenarioUsageError as exc:
+        return str(exc)
+    return None if callable(obj) else f"{path!r} is not callable"
 
 
 class ScenarioItem(pytest.Function):

@@ -76,18 +76,28 @@ class Timeline:
         return "fault timeline as it ran:\n" + render_table(["at", "what"], rows)
 
 
-def _import(path: str, what: str) -> Any:
+def resolve(path: str) -> Any:
+    """The object at ``package.module:attr`` (raises :class:`ScenarioUsageError` saying
+    what is missing; any error while importing the user's module is theirs)."""
     module_name, _, attr = path.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ScenarioUsageError(f"{what}: cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise ScenarioUsageError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ScenarioUsageError(f"{what}: {module_name!r} has no {attr!r}") from None
+            raise ScenarioUsageError(f"{module_name!r} has no {attr!r}") from None
     return obj
+
+
+def _import(path: str, what: str) -> Any:
+    try:
+        return resolve(path)
+    except ScenarioUsageError as exc:
+        raise ScenarioUsageError(f"{what}: {exc}") from None
 
 
 def _needs_proxy(scenario: Scenario, name: str, kind: str) -> bool:

@@ -7,15 +7,11 @@ First the *requested* waits (exact, no real sleeping: tenacity gets a no-op
 
 from __future__ import annotations
 
-import logging
-import random
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from pytest_resilience.config import settings_key
 from pytest_resilience.observe.attempts import (
     BackoffWaits,
     StaminaWaits,
@@ -34,30 +30,6 @@ class Down(ConnectionError):
 
 def always_down() -> None:
     raise Down("dependency is down")
-
-
-@pytest.fixture
-def seeded_random(request: pytest.FixtureRequest) -> Iterator[int]:
-    """backoff and stamina draw jitter from the global ``random``: seed it from the plugin."""
-    seed = request.config.stash[settings_key].seed
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield seed
-    finally:
-        random.setstate(state)
-
-
-@pytest.fixture
-def quiet_backoff_logger() -> Iterator[None]:
-    """backoff sets its logger to INFO on import; keep its retry lines out of the output."""
-    logger = logging.getLogger("backoff")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def no_sleep(seconds: float) -> None:

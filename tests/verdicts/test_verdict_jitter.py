@@ -9,15 +9,13 @@ on the real clock against the ``http_backend`` fixture.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from pytest_resilience import JitterMismatch, expect_jitter
-from pytest_resilience.config import settings_key
 from pytest_resilience.observe.attempts import (
     BackoffWaits,
     TenacityWaits,
@@ -42,29 +40,6 @@ def always_down() -> None:
 
 def no_sleep(seconds: float) -> None:
     """tenacity's ``sleep=`` hook: the waits are recorded, not slept."""
-
-
-@pytest.fixture
-def seeded_random(request: pytest.FixtureRequest) -> Iterator[int]:
-    """tenacity and backoff draw jitter from the global ``random``: seed it from the plugin."""
-    seed = request.config.stash[settings_key].seed
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        yield seed
-    finally:
-        random.setstate(state)
-
-
-@pytest.fixture
-def quiet_backoff_logger() -> Iterator[None]:
-    logger = logging.getLogger("backoff")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def tenacity_clients(wait: Any, attempts: int = 5) -> list[Timeline]:
