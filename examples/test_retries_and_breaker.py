@@ -21,9 +21,11 @@ from pytest_resilience.verdicts import backoff as models
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.no_leaks]
 
-# Measured delays (real clock): up to 2 ms early, and up to 100 ms late - a round trip
-# plus a busy CI machine waking the client late. The requested waits are checked exactly.
-REAL = (0.002, 0.1)
+# Measured delays (real clock): up to 2 ms early - a retry that did not wait is caught -
+# and up to 500 ms late: a round trip plus a loaded 2-core CI machine waking the client
+# late (one wake-up 113 ms past a 100 ms allowance was seen there). The curve itself, and
+# its jitter, are checked exactly on the requested waits.
+REAL = (0.002, 0.5)
 
 
 def curve(policy: RetryPolicy) -> models.BackoffModel:
