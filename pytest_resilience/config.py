@@ -49,6 +49,7 @@ class Settings:
     leaks: str = "off"
     cache_dir: Path | None = None
     report: Path | None = None
+    soak: dict[str, Any] | None = None  # {"duration": s} | {"iterations": n}
 
     def header_lines(self) -> list[str]:
         """Lines for the pytest report header: the effective configuration."""
@@ -113,7 +114,11 @@ _OPTIONS = (
     _Opt("leaks", "check every test for leaked resources", LEAK_MODES, default="off"),
     _Opt("cache_dir", "where initialised Postgres data directories are cached "
          "(default: the user cache dir)"),
-    _Opt("report", "write the run's verdicts to DIR/results.json (created if missing)"),
+    _Opt("report", "write the run's verdicts to DIR/results.json and DIR/report.html "
+         "(created if missing)"),
+    _Opt("soak", "bound every soak run (marked @pytest.mark.soak, or a scenario whose drive "
+         "is a load run) by DURATION (60s, 15m, 24h) or ITERATIONS (a number of calls) "
+         "instead of its own bound"),
 )
 
 
@@ -233,6 +238,16 @@ def _url(value: str, source: str) -> str:
     return value.rstrip("/")
 
 
+def _soak(value: str, source: str) -> dict[str, Any]:
+    from pytest_resilience.errors import ConfigError
+    from pytest_resilience.soak.driver import parse_soak
+
+    try:
+        return parse_soak(value, source)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 def from_config(config: pytest.Config) -> Settings:
     """Build and validate the settings once, raising ``pytest.UsageError`` on bad values."""
     by_name = {opt.name: opt for opt in _OPTIONS}
@@ -248,6 +263,7 @@ def from_config(config: pytest.Config) -> Settings:
         "postgres_dsn": _dsn,
         "toxiproxy_url": _url,
         "seed": _seed(config),
+        "soak": _soak,
     }
     values: dict[str, Any] = {}
     raw = _raw_values(config)

@@ -108,10 +108,10 @@ def non_negative(what: str, value: object, unit: str = " seconds") -> None:
         raise ConfigError(f"{what} must be a finite number >= 0{unit}, got {value!r}")
 
 
-DURATION_PATTERN = r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|µs|ms|s|m)\s*$"
+DURATION_PATTERN = r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|µs|ms|s|m|h)\s*$"
 _DURATION_RE = re.compile(DURATION_PATTERN)
 #: Seconds per duration unit.
-DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(value: object, what: str = "duration", *, unit_required: bool = False) -> float:

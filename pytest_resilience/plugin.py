@@ -20,6 +20,7 @@ pytest_plugins = [
     "pytest_resilience.fixtures.verdicts",
     "pytest_resilience.fixtures.clock",
     "pytest_resilience.fixtures.leaks",
+    "pytest_resilience.fixtures.soak",
     "pytest_resilience.report.plugin",
     "pytest_resilience.scenarios.plugin",
 ]
@@ -29,6 +30,9 @@ MARKERS = (
     "(asyncio loop time, time.*, datetime.*) so long timeouts pass in milliseconds",
     "no_leaks(kinds=None, allow=None, ignore=()): fail the test if it leaks file "
     "descriptors, sockets, threads, tasks, client sessions or database connections",
+    "soak(duration=None, iterations=None, rate=None, concurrency=1, warmup=0, interval=1): "
+    "a load/soak test: the plan of its `soak` fixture runs (--resilience-soak overrides "
+    "the bound); deselect with -m 'not soak'",
 )
 
 

@@ -76,6 +76,10 @@ EXPECTED: dict[str, dict[str, str]] = {
         SC + "the_pool_health_monitor_grades_degraded_and_critical_pools":
             "'busy': 'healthy'",
     },
+    "slow_session_leak": {
+        SC + "article_lookups_under_load_leak_no_postgres_sessions":
+            "Postgres sessions do not grow after the 2 s warm-up",
+    },
 }
 
 

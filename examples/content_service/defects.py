@@ -23,6 +23,8 @@ DEFECTS: dict[str, str] = {
     "leaked_file": "the access log file is closed on shutdown",
     "no_task_timeout": "a task is cut off after 15 minutes",
     "health_always_healthy": "the pool-health monitor reports degraded and critical pools",
+    "slow_session_leak": "every Postgres session the service opens is closed (none piles up "
+                         "under load)",
 }
 
 

@@ -6,9 +6,11 @@ scenario runner binds them: ``trends_api_url``, ``postgres_dsn``."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import claims
+from .store import ArticleStore
 from .tasks import TaskExecutor
 from .trends import Trends
 
@@ -72,3 +74,20 @@ async def serve_then_stop(postgres_dsn: str, trends_api_url: str) -> dict[str, i
 async def trends_during_retries(trends_api_url: str) -> Any:
     """One ``get_trends()`` whose retries wait 100-400 ms (a blocked loop stands out)."""
     return _plain(await claims.trends_while_retrying(trends_api_url=trends_api_url))
+
+
+async def article_store(postgres_dsn: str) -> AsyncIterator[ArticleStore]:
+    """The store of a running service (scenario ``target.setup``): opened once, with one
+    article, closed after the load run."""
+    store = await ArticleStore.open(postgres_dsn)
+    try:
+        await store.migrate()
+        await store.add(1, "resilience")
+        yield store
+    finally:
+        await store.close()
+
+
+async def lookup_article(context: ArticleStore) -> str | None:
+    """One article lookup (a load run's call): a pooled query with its timeout."""
+    return await context.title(1)

@@ -32,11 +32,14 @@ def transient(exc: BaseException) -> bool:
 
 class ArticleStore:
     def __init__(self, pool: Any, settings: Settings, defect: str | None,
-                 on_retry: OnRetry | None) -> None:
+                 on_retry: OnRetry | None, dsn: str = "") -> None:
         self.pool = pool
         self.settings = settings
         self.defect = defect
         self.on_retry = on_retry
+        self.dsn = dsn
+        self.lookups = 0
+        self._side_connections: list[Any] = []
 
     @classmethod
     async def open(cls, dsn: str, settings: Settings = TESTING, *, defect: str | None = None,
@@ -44,10 +47,12 @@ class ArticleStore:
         pool = await asyncpg.create_pool(
             dsn, min_size=settings.pool_min, max_size=settings.pool_max
         )
-        return cls(pool, settings, defect, on_retry)
+        return cls(pool, settings, defect, on_retry, dsn)
 
     async def close(self) -> None:
         await self.pool.close()
+        for conn in self._side_connections:  # only the planted defect opens these
+            conn.terminate()
 
     async def __aenter__(self) -> ArticleStore:
         return self
@@ -80,6 +85,11 @@ class ArticleStore:
                           article_id, title)
 
     async def title(self, article_id: int) -> str | None:
+        self.lookups += 1
+        if planted("slow_session_leak", self.defect) and self.lookups % 100 == 0:
+            # DEFECT slow_session_leak: an audit connection opened beside the pool, never
+            # closed (one session more every 100 lookups, until close())
+            self._side_connections.append(await asyncpg.connect(self.dsn))
         value = await self._query("fetchval", "SELECT title FROM articles WHERE id = $1",
                                   article_id)
         return None if value is None else str(value)

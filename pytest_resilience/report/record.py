@@ -25,6 +25,7 @@ class TestRecord:
     duration: float = 0.0
     verdicts: list[Verdict] = field(default_factory=list)
     error: bool = False  # failed in setup or teardown
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +33,7 @@ class TestRecord:
             "outcome": "error" if self.error and self.outcome == "failed" else self.outcome,
             "duration_s": round(self.duration, 6),
             "verdicts": [v.as_dict() for v in self.verdicts],
+            "attachments": self.attachments,
         }
 
 
@@ -42,13 +44,17 @@ class RunRecord:
     tests: dict[str, TestRecord] = field(default_factory=dict)
 
     def add_report(self, nodeid: str, when: str, outcome: str, duration: float,
-                   verdicts: list[Verdict], *, xfail: bool = False) -> None:
+                   verdicts: list[Verdict], *, xfail: bool = False,
+                   attachments: list[dict[str, Any]] | None = None) -> None:
         test = self.tests.setdefault(nodeid, TestRecord(nodeid))
         test.duration += duration or 0.0
         outcome = "xfailed" if xfail else outcome
         if _RANK.get(outcome, 0) > _RANK.get(test.outcome, 0):
             test.outcome = outcome
             test.error = when != "call" and outcome == "failed"
+        for attachment in attachments or ():
+            if attachment not in test.attachments:
+                test.attachments.append(attachment)
         known = {json.dumps(v.as_dict(), sort_keys=True) for v in test.verdicts}
         for verdict in verdicts:
             key = json.dumps(verdict.as_dict(), sort_keys=True)

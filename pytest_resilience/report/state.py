@@ -11,11 +11,17 @@ if TYPE_CHECKING:
     from pytest_resilience.verdicts.core import Verdict
 
 __all__ = [
-    "PROPERTY_NAME", "VerdictLog", "log_for", "phase_failed", "phase_outcome", "verdicts_of_report",
+    "ATTACHMENT_PROPERTY", "PROPERTY_NAME", "VerdictLog", "attach", "attachments_of_report",
+    "log_for", "phase_failed", "phase_outcome", "verdicts_of_report",
 ]
 
 #: ``user_properties`` / JUnit property name of one verdict (its JSON).
 PROPERTY_NAME = "resilience_verdict"
+
+#: ``user_properties`` name of one attachment: data a report shows next to the verdicts
+#: (a fault timeline as it ran, a soak run's key figures and record file), JSON with a
+#: ``kind`` key.
+ATTACHMENT_PROPERTY = "resilience_attachment"
 
 #: when -> "passed" | "failed" | "skipped" | "xfailed" for the phases seen so far
 outcomes_key = pytest.StashKey[dict[str, str]]()
@@ -46,6 +52,20 @@ def verdicts_of_report(report: pytest.TestReport | Any) -> list[Verdict]:
     return out
 
 
+def attachments_of_report(report: pytest.TestReport | Any) -> list[dict[str, Any]]:
+    """The attachments a test report carries (from its ``user_properties``)."""
+    out: list[dict[str, Any]] = []
+    for name, value in getattr(report, "user_properties", ()):
+        if name == ATTACHMENT_PROPERTY and isinstance(value, str):
+            out.append(json.loads(value))
+    return out
+
+
+def attach(item: pytest.Item, kind: str, **data: Any) -> None:
+    """Attach ``data`` (JSON-able) of ``kind`` to the report of ``item``'s current phase."""
+    log_for(item).attachments.append({"kind": kind, **data})
+
+
 class VerdictLog:
     """The verdicts checked during one test, in order (the ``resilience_verdicts``
     fixture)."""
@@ -53,6 +73,8 @@ class VerdictLog:
     def __init__(self) -> None:
         self.verdicts: list[Verdict] = []
         self.reported = 0  # how many are already on a phase report
+        self.attachments: list[dict[str, Any]] = []
+        self.attached = 0  # how many attachments are already on a phase report
 
     def __iter__(self) -> Any:
         return iter(self.verdicts)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pytest_resilience.report.state import attach
 from pytest_resilience.scenarios.schema import Backoff, FaultStep, Scenario
 from pytest_resilience.verdicts.core import Verdict, VerdictFailed, collect, fmt_s, render_table
 
@@ -138,11 +139,13 @@ def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[
 
 
 def _bind(fn: Callable[..., Any], services: dict[str, ServiceHandle],
-          args: dict[str, Any]) -> dict[str, Any]:
+          args: dict[str, Any], context: bool = False) -> dict[str, Any]:
     bound: dict[str, Any] = {}
     for pname, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
+        if context and pname == "context":
+            continue  # what target.setup yields, bound when the drive starts
         base = pname
         for suffix in ("_url", "_dsn", "_address"):
             if pname.endswith(suffix) and pname[: -len(suffix)] in services:
@@ -162,14 +165,26 @@ def _bind(fn: Callable[..., Any], services: dict[str, ServiceHandle],
 
 
 class _Faults:
-    """Applies and heals the fault steps at call boundaries."""
+    """Applies and heals the fault steps (at call boundaries, or every 20 ms in a load
+    run); a step with ``every`` starts again each period. Keeps the windows each fault
+    was active (the stages of a load run)."""
 
     def __init__(self, steps: list[FaultStep], services: dict[str, ServiceHandle],
                  timeline: Timeline) -> None:
-        self.pending = sorted(enumerate(steps), key=lambda s: s[1].at)
-        self.active: list[tuple[int, FaultStep, Callable[[], None]]] = []
+        self.pending: list[tuple[float, int, FaultStep]] = sorted(
+            ((step.at, i, step) for i, step in enumerate(steps)), key=lambda p: (p[0], p[1]))
+        self.active: list[tuple[float, int, FaultStep, Callable[[], None], int]] = []
         self.services = services
         self.timeline = timeline
+        self.windows: list[tuple[float, float | None, str]] = []
+
+    @staticmethod
+    def _label(index: int, step: FaultStep) -> str:
+        attrs = step.attributes
+        label = f"faults[{index}] {step.fault} on {step.on}"
+        if attrs:
+            label += " (" + ", ".join(f"{k}={v}" for k, v in attrs.items()) + ")"
+        return label
 
     def _apply(self, index: int, step: FaultStep, now: float) -> Callable[[], None]:
         service = self.services[step.on]
@@ -177,9 +192,7 @@ class _Faults:
             raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a proxy; "
                                      "set proxy: true on the service")
         attrs = step.attributes
-        label = f"faults[{index}] {step.fault} on {step.on}"
-        if attrs:
-            label += " (" + ", ".join(f"{k}={v}" for k, v in attrs.items()) + ")"
+        label = self._label(index, step)
         if step.fault == "down":
             service.proxy.disable()
             self.timeline.note(now, f"applied {label}")
@@ -193,25 +206,43 @@ class _Faults:
 
     def tick(self, now: float) -> None:
         for entry in list(self.active):
-            index, step, heal = entry
-            if step.for_ is not None and now >= step.at + step.for_:
+            started, index, step, heal, window = entry
+            if step.for_ is not None and now >= started + step.for_:
                 heal()
                 self.active.remove(entry)
+                self._close(window, now)
                 self.timeline.note(now, f"removed faults[{index}] {step.fault} on {step.on}")
-        while self.pending and self.pending[0][1].at <= now:
-            index, step = self.pending.pop(0)
+        while self.pending and self.pending[0][0] <= now:
+            due, index, step = self.pending.pop(0)
             heal = self._apply(index, step, now)
+            if step.every is not None:
+                self.pending.append((due + step.every, index, step))
+                self.pending.sort(key=lambda p: (p[0], p[1]))
             if step.for_ is not None and step.for_ <= 0:
                 heal()
                 continue
-            self.active.append((index, step, heal))
+            self.windows.append((now, None, self._label(index, step)))
+            self.active.append((due, index, step, heal, len(self.windows) - 1))
+
+    def _close(self, window: int, now: float) -> None:
+        start, _, label = self.windows[window]
+        self.windows[window] = (start, now, label)
 
     def heal_all(self, now: float) -> None:
-        for index, step, heal in self.active:
+        for _, index, step, heal, window in self.active:
             with contextlib.suppress(Exception):
                 heal()
+            self._close(window, now)
             self.timeline.note(now, f"healed faults[{index}] {step.fault} on {step.on} (end)")
         self.active.clear()
+
+    def stages(self) -> list[Any]:
+        from pytest_resilience.soak.record import Stage
+
+        return [Stage(start, end, label) for start, end, label in self.windows]
+
+    def current(self) -> str:
+        return "; ".join(self.windows[w][2] for *_, w in self.active)
 
 
 def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,
@@ -220,7 +251,8 @@ def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenar
     start = time.monotonic()
     drive = scenario.drive
     deadline = start + (drive.duration if drive.duration is not None else math.inf)
-    for i in range(drive.calls):
+    calls_n = drive.calls or 1
+    for i in range(calls_n):
         now = time.monotonic() - start
         if time.monotonic() > deadline:
             break
@@ -233,7 +265,7 @@ def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenar
             call.error = exc
         call.elapsed = time.monotonic() - began
         calls.append(call)
-        if drive.every and i + 1 < drive.calls:
+        if drive.every and i + 1 < calls_n:
             time.sleep(drive.every)
     faults.heal_all(time.monotonic() - start)
     return calls
@@ -264,7 +296,8 @@ async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
     start = loop.time()
     drive = scenario.drive
     deadline = start + (drive.duration if drive.duration is not None else math.inf)
-    for i in range(drive.calls):
+    calls_n = drive.calls or 1
+    for i in range(calls_n):
         if loop.time() > deadline:
             break
         now = loop.time() - start
@@ -277,7 +310,7 @@ async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
             call.error = exc
         call.elapsed = loop.time() - began
         calls.append(call)
-        if drive.every and i + 1 < drive.calls:
+        if drive.every and i + 1 < calls_n:
             await asyncio.sleep(drive.every)
     faults.heal_all(loop.time() - start)
     return calls
@@ -448,6 +481,168 @@ def _verdict_latency(spec: Any, calls: list[Call]) -> Verdict:
                    rows=rows)
 
 
+def _context_factory(setup_fn: Callable[..., Any], kwargs: dict[str, Any]
+                     ) -> Callable[[], Any]:
+    """``target.setup`` as an async context manager factory."""
+    if inspect.isasyncgenfunction(setup_fn):
+        return lambda: contextlib.asynccontextmanager(setup_fn)(**kwargs)
+
+    def enter() -> Any:
+        cm = setup_fn(**kwargs)
+        if not hasattr(cm, "__aenter__"):
+            raise ScenarioUsageError(
+                "target.setup must return an async context manager (e.g. a function "
+                "decorated with @contextlib.asynccontextmanager) or be an async generator")
+        return cm
+
+    return enter
+
+
+def _run_load(scenario: Scenario, request: pytest.FixtureRequest, fn: Callable[..., Any],
+              kwargs: dict[str, Any], factory: Callable[[], Any] | None, faults: _Faults,
+              services: dict[str, ServiceHandle], timeline: Timeline) -> None:
+    """A load/soak run of the scenario: the soak driver, samples, drift verdicts."""
+    __tracebackhide__ = True
+    import functools
+
+    from pytest_resilience.errors import ConfigError
+    from pytest_resilience.soak.driver import Driver
+    from pytest_resilience.soak.sampler import Sampler
+    from pytest_resilience.soak.session import Progress, finish, pg_session_counter, plan_for
+
+    drive = scenario.drive
+    values: dict[str, Any] = {"rate": drive.rate, "concurrency": drive.concurrency,
+                              "warmup": drive.warmup, "interval": drive.sample_every}
+    if drive.duration is not None:
+        values["duration"] = drive.duration
+    if drive.calls is not None:
+        values["iterations"] = drive.calls
+    try:
+        plan = plan_for(request.node, **values)
+    except ConfigError as exc:
+        raise ScenarioUsageError(f"drive: {exc}") from None
+    backends = [h.backend for h in services.values() if h.backend is not None]
+    sampler = Sampler(
+        pg_sessions=pg_session_counter(request, used=True) if "postgres" in services
+        else None,
+        attempts=(lambda: sum(len(b.requests) for b in backends)) if backends else None,
+    )
+    item = request.node
+    progress = Progress(item.config, item.name, plan)
+    is_async = inspect.iscoroutinefunction(fn)
+    driver: Driver | None = None
+
+    async def main() -> None:
+        nonlocal driver
+        context: Any = None
+        cm = factory() if factory is not None else None
+        if cm is not None:
+            context = await cm.__aenter__()
+        try:
+            call_kwargs = dict(kwargs)
+            if cm is not None:
+                call_kwargs["context"] = context
+            if is_async:
+                async def target() -> Any:
+                    return await fn(**call_kwargs)
+                driver = Driver(target, plan, name=item.nodeid, sampler=sampler,
+                                faults=faults if scenario.faults else None, on_sample=progress)
+            else:
+                driver = Driver(functools.partial(fn, **call_kwargs), plan, name=item.nodeid,
+                                sampler=sampler, faults=faults if scenario.faults else None,
+                                on_sample=progress)
+            await driver.run()
+        finally:
+            if cm is not None:
+                await cm.__aexit__(None, None, None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        if driver is not None:
+            progress.done(driver.record)
+            finish(item, driver.record)
+    assert driver is not None
+    record = driver.record
+    verdicts = _load_verdicts(scenario, record)
+    for verdict in verdicts:
+        collect(verdict)
+    request.node.add_report_section("call", "fault timeline", timeline.text())
+    attach(request.node, "fault-timeline",
+           events=[[round(at, 6), what] for at, what in timeline.events])
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        text = "\n\n".join(v.text() for v in failed)
+        pytest.fail(f"scenario {scenario.name!r}: {len(failed)} of {len(verdicts)} "
+                    f"expectations failed\n\n{text}\n\n{timeline.text()}", pytrace=False)
+    if not verdicts:
+        pytest.fail(f"scenario {scenario.name!r} expects nothing of its load run: add "
+                    "expect.error_rate, expect.latency or expect.drift", pytrace=False)
+
+
+def _load_verdicts(scenario: Scenario, record: Any) -> list[Verdict]:
+    from pytest_resilience.soak import drift
+
+    expect = scenario.expect
+    out: list[Verdict] = []
+    totals = record.totals
+    if expect.error_rate is not None:
+        calls = int(totals.get("calls", 0))
+        errors = int(totals.get("errors", 0))
+        rate = errors / calls if calls else 1.0
+        types = totals.get("error_types") or {}
+        out.append(Verdict(
+            kind="error-rate", claim=f"at most {expect.error_rate:.1%} of calls fail",
+            passed=bool(calls) and rate <= expect.error_rate,
+            expected={"max": expect.error_rate},
+            observed={"rate": rate, "failed": errors, "calls": calls, "types": types},
+            outcome=(f"{errors} of {calls} failed ({rate:.2%})" if calls
+                     else "not measured: no call completed")
+            + (": " + ", ".join(f"{n} {t}" for t, n in types.items()) if types else "")))
+    if expect.latency is not None:
+        h = record.histogram
+        rows = []
+        observed: dict[str, float] = {}
+        passed = h.count > 0
+        for key, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100)):
+            bound = getattr(expect.latency, key)
+            if bound is None:
+                continue
+            value = h.max if q == 100 else h.percentile(q)
+            observed[key] = value
+            ok = h.count > 0 and value <= bound
+            passed &= ok
+            rows.append([key, fmt_s(bound), fmt_s(value) if h.count else "not measured",
+                         "" if ok else "<--"])
+        out.append(Verdict(kind="latency", claim="call latency within bounds (the whole run, "
+                           "from each call's due time)", passed=passed,
+                           expected={k: getattr(expect.latency, k)
+                                     for k in ("p50", "p95", "p99", "max")},
+                           observed=observed, headers=["percentile", "at most", "observed", ""],
+                           rows=rows, outcome=f"{h.count} calls"))
+    spec = expect.drift
+    if spec is not None:
+        for series in spec.no_growth:
+            out.append(drift.expect_no_growth(record, series, raise_=False))
+        if spec.rss_ratio is not None:
+            out.append(drift.expect_rss_bounded(record, ratio=spec.rss_ratio, raise_=False))
+        for sustained in spec.sustained:
+            out.append(drift.expect_sustained(record, sustained.series,
+                                              at_most=sustained.at_most,
+                                              consecutive=sustained.consecutive, raise_=False))
+        if spec.stage_latency is not None:
+            sl = spec.stage_latency
+            out.append(drift.expect_stage_latency(
+                record, series=sl.series, at_most_during=sl.at_most_during,
+                at_most_outside=sl.at_most_outside, recover_within=sl.recover_within,
+                raise_=False))
+        if spec.amplification is not None:
+            out.append(drift.expect_amplification(
+                record, at_most=spec.amplification.at_most,
+                during_stages=spec.amplification.during_faults, raise_=False))
+    return out
+
+
 def run_scenario(scenario: Scenario, request: pytest.FixtureRequest,
                  params: dict[str, Any]) -> None:
     """Run ``scenario`` as the test ``request`` belongs to."""
@@ -464,22 +659,45 @@ def run_scenario(scenario: Scenario, request: pytest.FixtureRequest,
 def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, Any]) -> None:
     __tracebackhide__ = True
     services = _start_services(scenario, request)
+    setup = scenario.target.setup
     if scenario.target.call is not None:
         fn = _import(scenario.target.call, "target.call")
-        kwargs = _bind(fn, services, {**scenario.target.args, **params})
+        kwargs = _bind(fn, services, {**scenario.target.args, **params},
+                       context=setup is not None)
+        if setup is not None and "context" not in inspect.signature(fn).parameters:
+            raise ScenarioUsageError("target.setup is given but target.call has no "
+                                     "'context' parameter to receive what it yields")
     else:
         fn = _http_target(scenario)
         kwargs = {}
+    factory: Callable[[], Any] | None = None
+    if setup is not None:
+        setup_fn = _import(setup, "target.setup")
+        setup_kwargs = _bind(setup_fn, services, params)
+        factory = _context_factory(setup_fn, setup_kwargs)
     timeline = Timeline()
     faults = _Faults(list(scenario.faults), services, timeline)
+    if scenario.drive.load:
+        _run_load(scenario, request, fn, kwargs, factory, faults, services, timeline)
+        return
     lag: list[float] = []
     sites: list[str | None] = []
     if inspect.iscoroutinefunction(fn):
-        calls = asyncio.run(_drive_async(fn, kwargs, scenario, faults, lag, sites))
+        async def drive() -> list[Call]:
+            if factory is None:
+                return await _drive_async(fn, kwargs, scenario, faults, lag, sites)
+            async with factory() as context:
+                kwargs["context"] = context
+                return await _drive_async(fn, kwargs, scenario, faults, lag, sites)
+
+        calls = asyncio.run(drive())
     else:
         if scenario.expect.loop_lag is not None:
             raise ScenarioUsageError("expect.loop_lag needs an async target (an event loop "
                                      "to watch); this target is a plain function")
+        if factory is not None:
+            raise ScenarioUsageError("target.setup is async; a plain-function target cannot "
+                                     "enter it (make the call async)")
         calls = _drive_sync(fn, kwargs, scenario, faults)
 
     expect = scenario.expect
@@ -519,6 +737,8 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
         if verdict.kind != "backoff":  # expect_backoff collected its own
             collect(verdict)
     request.node.add_report_section("call", "fault timeline", timeline.text())
+    attach(request.node, "fault-timeline",
+           events=[[round(at, 6), what] for at, what in timeline.events])
     failed = [v for v in verdicts if not v.passed]
     if failed:
         text = "\n\n".join(v.text() for v in failed)

@@ -100,6 +100,11 @@ class Target(_Model):
         "service get that service's URL/DSN/address; the others come from args")
     args: dict[str, Any] = Field(default_factory=dict)
     http: HttpTarget | None = None
+    setup: str | None = Field(
+        None, pattern=_IMPORT_PATH.pattern,
+        description="package.module:factory of an async context manager (or async "
+        "generator), bound like call and entered once around the drive; what it yields "
+        "reaches the call as its 'context' parameter")
 
     @model_validator(mode="after")
     def _one(self) -> Target:
@@ -120,6 +125,9 @@ class FaultStep(BaseModel):
     at: Duration = 0.0
     for_: Duration | None = Field(None, alias="for")
     first: int | None = Field(None, ge=1, description="only the first N connections")
+    every: Duration | None = Field(
+        None, gt=0, description="repeat: the fault starts again every this long (with "
+        "'for' shorter than it), e.g. latency 10 s every minute in a soak run")
 
     @model_validator(mode="after")
     def _fault(self) -> FaultStep:
@@ -134,6 +142,9 @@ class FaultStep(BaseModel):
                 f"{self.fault!r} is an HTTP backend fault: script it in the backend's routes "
                 f"(services.<name>.routes); the timeline takes network faults: "
                 f"{', '.join(faults.names('network'))}")
+        if self.every is not None and (self.for_ is None or self.for_ >= self.every):
+            raise ValueError("a repeating fault ('every') needs 'for' shorter than 'every' "
+                             "(how long each occurrence lasts)")
         attributes = dict(self.model_extra or {})
         try:
             faults.validate(self.fault, **attributes)
@@ -147,21 +158,52 @@ class FaultStep(BaseModel):
 
 
 class Drive(_Model):
-    """How the target is driven: ``calls`` calls, ``every`` apart (bounded)."""
+    """How the target is driven: ``calls`` calls one after another, ``every`` apart; or a
+    load run (``rate``, ``concurrency`` above 1, or ``soak: true``): arrivals at ``rate``
+    per second (open model) from ``concurrency`` workers, for ``duration`` (default 10 s)
+    or ``calls`` calls, sampled every ``sample_every``."""
 
-    calls: int = Field(1, ge=1, le=100_000)
+    rate: float | None = Field(None, gt=0, le=1_000_000,
+                               description="arrivals per second (open model)")
+    concurrency: int = Field(1, ge=1, le=10_000, description="calls in flight at once")
+    calls: int | None = Field(None, ge=1, le=100_000_000,
+                              description="number of calls (default 1, at most 100000 one "
+                              "after another; a load run: a bound)")
     every: Duration = 0.0
-    concurrency: int = Field(1, ge=1, le=256, description="calls in flight at once (only 1 "
-                             "so far: concurrent drives come with load/soak runs)")
-    duration: Duration | None = Field(None, le=24 * 3600)
+    duration: Duration | None = Field(None, gt=0, le=7 * 24 * 3600)
+    warmup: Duration = Field(0.0, description="load runs: drift verdicts ignore this start")
+    sample_every: Duration = Field(1.0, ge=0.01, le=3600,
+                                   description="load runs: sampling interval")
+    soak: bool = Field(False, description="a load run even at rate/concurrency defaults; "
+                       "--resilience-soak re-bounds it")
 
-    @field_validator("concurrency")
+    @field_validator("calls")
     @classmethod
-    def _sequential(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("concurrency above 1 is not supported yet: calls run one after "
-                             "another (concurrent drives come with load and soak runs)")
+    def _sequential_bound(cls, value: int | None, info: Any) -> int | None:
+        data = info.data
+        load = data.get("rate") is not None or (data.get("concurrency") or 1) > 1
+        if value is not None and value > 100_000 and not load:
+            raise ValueError("Input should be less than or equal to 100000 for calls one "
+                             "after another; a load run (rate, concurrency above 1) takes up "
+                             "to 100000000")
         return value
+
+    @property
+    def load(self) -> bool:
+        """A load/soak run (the soak driver) rather than calls one after another."""
+        return self.soak or self.rate is not None or self.concurrency > 1
+
+    @model_validator(mode="after")
+    def _modes(self) -> Drive:
+        if not self.load and self.warmup:
+            raise ValueError("warmup applies to load runs: set rate, concurrency or soak: true")
+        if self.load and self.every:
+            raise ValueError("every applies to calls one after another; a load run paces "
+                             "calls with rate (arrivals per second)")
+        if self.load and self.duration is not None and self.warmup >= self.duration:
+            raise ValueError(f"warmup ({self.warmup} s) must be shorter than the duration "
+                             f"({self.duration} s)")
+        return self
 
 
 class Backoff(_Model):
@@ -205,6 +247,45 @@ class Latency(_Model):
     max: Duration | None = None
 
 
+class Sustained(_Model):
+    """A series breaks ``at_most`` for ``consecutive`` samples in a row (a single spike
+    is not a breach). Series: p50_s, p95_s, p99_s, max_s, error_rate, in_flight..."""
+
+    series: str
+    at_most: float | Duration = Field(description="seconds for *_s series, a share for "
+                                      "error_rate, a count otherwise")
+    consecutive: int = Field(3, ge=1)
+
+
+class StageLatency(_Model):
+    """Latency during each fault window vs outside, and the recovery after each."""
+
+    series: str = "p95_s"
+    at_most_during: Duration | None = None
+    at_most_outside: Duration | None = None
+    recover_within: Duration | None = None
+
+
+class Amplification(_Model):
+    """Requests reaching the backends per call (retry amplification)."""
+
+    at_most: float = Field(gt=0)
+    during_faults: bool = Field(False, description="only over the fault windows")
+
+
+class Drift(_Model):
+    """Load runs: judged on the trend after warm-up, not the last value."""
+
+    no_growth: list[str] = Field(
+        default_factory=list, description="series that must not grow: pg_sessions, fds, "
+        "fds_socket, fds_file, tasks, threads, pool_size...")
+    rss_ratio: float | None = Field(None, gt=1, description="RSS at the end at most this "
+                                    "times RSS after warm-up")
+    sustained: list[Sustained] = Field(default_factory=list)
+    stage_latency: StageLatency | None = None
+    amplification: Amplification | None = None
+
+
 class Expect(_Model):
     """The claims checked after the drive; each produces a Verdict."""
 
@@ -219,6 +300,7 @@ class Expect(_Model):
         None, description="async targets: the event loop is never blocked longer than this "
         "(no sync I/O in async code); measured on the real clock")
     no_leaks: bool | list[str] = False
+    drift: Drift | None = Field(None, description="load runs: drift verdicts over the samples")
 
 
 class Scenario(_Model):
@@ -255,6 +337,21 @@ class Scenario(_Model):
         for key, values in self.parametrize.items():
             if not values:
                 raise ValueError(f"parametrize.{key}: give at least one value")
+        if self.expect.drift is not None and not self.drive.load:
+            raise ValueError("expect.drift judges a load run: give drive.rate, "
+                             "drive.concurrency above 1 or drive.soak: true")
+        if self.drive.load:
+            if "returns" in self.expect.model_fields_set or self.expect.raises is not None:
+                raise ValueError("a load run does not keep every call's value: use "
+                                 "expect.error_rate instead of returns/raises")
+            for key in ("backoff", "timeout", "loop_lag"):
+                if getattr(self.expect, key) is not None:
+                    raise ValueError(f"expect.{key} judges calls one after another, not a "
+                                     "load run; check it in a separate scenario")
+            if self.clock == "virtual":
+                raise ValueError("a load run is measured on the real clock: use clock: real")
+        if self.target.setup is not None and self.target.call is None:
+            raise ValueError("target.setup goes with target.call (the call gets 'context')")
         if self.expect.loop_lag is not None and self.clock == "virtual":
             raise ValueError("expect.loop_lag is measured on the real clock: use clock: real")
         if self.expect.backoff is not None and self.clock == "virtual":
@@ -275,7 +372,8 @@ def known_keys() -> set[str]:
     """Every key the format knows (for 'did you mean' on unknown keys)."""
     keys: set[str] = set()
     for model in (Scenario, Service, Target, HttpTarget, FaultStep, Drive, Backoff,
-                  Attempts, Timeout, Latency, Expect):
+                  Attempts, Timeout, Latency, Expect, Drift, Sustained, StageLatency,
+                  Amplification):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
     return keys
