@@ -45,6 +45,10 @@ if TYPE_CHECKING:
         plugin_service,
         register_service,
     )
+    from pytest_resilience.soak.drift import DriftFailed
+    from pytest_resilience.soak.driver import LoadPlan
+    from pytest_resilience.soak.record import SoakRecord
+    from pytest_resilience.soak.schedule import FaultSchedule
     from pytest_resilience.verdicts.backoff import (
         BackoffMismatch,
         BackoffModel,
@@ -94,16 +98,20 @@ __all__ = [
     "ClockReport",
     "ConfigError",
     "ConformanceReport",
+    "DriftFailed",
+    "FaultSchedule",
     "JitterMismatch",
     "Leak",
     "LeakChecker",
     "LeakOptions",
     "LeakVerdict",
+    "LoadPlan",
     "LoopBlocked",
     "LoopLagProbe",
     "ResilienceError",
     "ResourceLeakWarning",
     "ServiceError",
+    "SoakRecord",
     "StaminaWaits",
     "TenacityWaits",
     "Timeline",
@@ -191,6 +199,10 @@ _LAZY = {
     "Tolerance": "pytest_resilience.verdicts.core",
     "Verdict": "pytest_resilience.verdicts.core",
     "VerdictFailed": "pytest_resilience.verdicts.core",
+    "DriftFailed": "pytest_resilience.soak.drift",
+    "LoadPlan": "pytest_resilience.soak.driver",
+    "SoakRecord": "pytest_resilience.soak.record",
+    "FaultSchedule": "pytest_resilience.soak.schedule",
     "ClockReport": "pytest_resilience.clock",
     "VirtualClock": "pytest_resilience.clock",
     "VirtualClockError": "pytest_resilience.clock",

@@ -165,18 +165,18 @@ def _bind(fn: Callable[..., Any], services: dict[str, ServiceHandle],
 
 
 class _Faults:
-    """Applies and heals the fault steps (at call boundaries, or every 20 ms in a load
-    run); a step with ``every`` starts again each period. Keeps the windows each fault
-    was active (the stages of a load run)."""
+    """The scenario's fault steps as a :class:`FaultSchedule` (applied at call boundaries,
+    or every 20 ms in a load run; ``every`` repeats a step); the timeline notes what ran."""
 
     def __init__(self, steps: list[FaultStep], services: dict[str, ServiceHandle],
                  timeline: Timeline) -> None:
-        self.pending: list[tuple[float, int, FaultStep]] = sorted(
-            ((step.at, i, step) for i, step in enumerate(steps)), key=lambda p: (p[0], p[1]))
-        self.active: list[tuple[float, int, FaultStep, Callable[[], None], int]] = []
+        from pytest_resilience.soak.schedule import FaultSchedule
+
         self.services = services
-        self.timeline = timeline
-        self.windows: list[tuple[float, float | None, str]] = []
+        self.schedule = FaultSchedule(note=timeline.note)
+        for index, step in enumerate(steps):
+            self.schedule.add(self._label(index, step), self._applier(index, step),
+                              at=step.at, for_=step.for_, every=step.every)
 
     @staticmethod
     def _label(index: int, step: FaultStep) -> str:
@@ -186,63 +186,35 @@ class _Faults:
             label += " (" + ", ".join(f"{k}={v}" for k, v in attrs.items()) + ")"
         return label
 
-    def _apply(self, index: int, step: FaultStep, now: float) -> Callable[[], None]:
-        service = self.services[step.on]
-        if service.proxy is None:
-            raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a proxy; "
-                                     "set proxy: true on the service")
-        attrs = step.attributes
-        label = self._label(index, step)
-        if step.fault == "down":
-            service.proxy.disable()
-            self.timeline.note(now, f"applied {label}")
-            enable: Callable[[], None] = service.proxy.enable
-            return enable
-        options = {k: attrs.pop(k) for k in ("stream", "toxicity", "name") if k in attrs}
-        toxic = service.proxy.add_toxic(step.fault, attrs, **options)
-        self.timeline.note(now, f"applied {label}")
-        remove: Callable[[], None] = toxic.remove
-        return remove
+    def _applier(self, index: int, step: FaultStep) -> Callable[[], Callable[[], None]]:
+        def apply() -> Callable[[], None]:
+            service = self.services[step.on]
+            if service.proxy is None:
+                raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a "
+                                         "proxy; set proxy: true on the service")
+            if step.fault == "down":
+                service.proxy.disable()
+                enable: Callable[[], None] = service.proxy.enable
+                return enable
+            attrs = step.attributes
+            options = {k: attrs.pop(k) for k in ("stream", "toxicity", "name") if k in attrs}
+            toxic = service.proxy.add_toxic(step.fault, attrs, **options)
+            remove: Callable[[], None] = toxic.remove
+            return remove
+
+        return apply
 
     def tick(self, now: float) -> None:
-        for entry in list(self.active):
-            started, index, step, heal, window = entry
-            if step.for_ is not None and now >= started + step.for_:
-                heal()
-                self.active.remove(entry)
-                self._close(window, now)
-                self.timeline.note(now, f"removed faults[{index}] {step.fault} on {step.on}")
-        while self.pending and self.pending[0][0] <= now:
-            due, index, step = self.pending.pop(0)
-            heal = self._apply(index, step, now)
-            if step.every is not None:
-                self.pending.append((due + step.every, index, step))
-                self.pending.sort(key=lambda p: (p[0], p[1]))
-            if step.for_ is not None and step.for_ <= 0:
-                heal()
-                continue
-            self.windows.append((now, None, self._label(index, step)))
-            self.active.append((due, index, step, heal, len(self.windows) - 1))
-
-    def _close(self, window: int, now: float) -> None:
-        start, _, label = self.windows[window]
-        self.windows[window] = (start, now, label)
+        self.schedule.tick(now)
 
     def heal_all(self, now: float) -> None:
-        for _, index, step, heal, window in self.active:
-            with contextlib.suppress(Exception):
-                heal()
-            self._close(window, now)
-            self.timeline.note(now, f"healed faults[{index}] {step.fault} on {step.on} (end)")
-        self.active.clear()
+        self.schedule.heal_all(now)
 
     def stages(self) -> list[Any]:
-        from pytest_resilience.soak.record import Stage
-
-        return [Stage(start, end, label) for start, end, label in self.windows]
+        return self.schedule.stages()
 
     def current(self) -> str:
-        return "; ".join(self.windows[w][2] for *_, w in self.active)
+        return self.schedule.current()
 
 
 def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,

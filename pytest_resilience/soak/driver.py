@@ -132,15 +132,16 @@ class FaultCycle(Protocol):
     def current(self) -> str: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Counters:
     calls: int = 0
     errors: int = 0
     started: int = 0
     dropped: int = 0
     latencies: list[float] = field(default_factory=list)
-    interval_calls: int = 0
-    interval_errors: int = 0
+    sampled_calls: int = 0  # calls / errors at the last sample
+    sampled_errors: int = 0
+    stop: bool = False  # the closed model's workers stop (also set with the event)
     error_types: dict[str, int] = field(default_factory=dict)
 
 
@@ -169,6 +170,7 @@ class Driver:
         self._stop: asyncio.Event | None = None
         self._t0 = 0.0
         self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[float | None] | None = None
 
     # -- the run -------------------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class Driver:
         self._stop = asyncio.Event()
         if not self.is_async:
             self._executor = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="soak")
-        self._t0 = loop.time()
+        self._t0 = time.monotonic()
         self.record.started = time.time()
         own = self.sampler.own_tasks
         this = asyncio.current_task()
@@ -186,26 +188,39 @@ class Driver:
             own.add(this)
         workers: list[asyncio.Task[Any]] = []
         helpers: list[asyncio.Task[Any]] = []
+        ticker: asyncio.Task[Any] | None = None
+        healed = False
         ended = "duration"
+
+        def helper(coro: Any, name: str) -> asyncio.Task[Any]:
+            task = loop.create_task(coro, name=name)
+            helpers.append(task)
+            own.add(task)
+            return task
+
         try:
-            helpers.append(loop.create_task(self._sampling(), name="soak-sampler"))
+            helper(self._sampling(), "soak-sampler")
             if self.faults is not None:
-                helpers.append(loop.create_task(self._ticking(), name="soak-faults"))
+                ticker = helper(self._ticking(), "soak-faults")
             if plan.rate is not None:
                 queue: asyncio.Queue[float | None] = asyncio.Queue()
+                self._queue = queue
                 workers = [loop.create_task(self._open_worker(queue), name=f"soak-worker-{i}")
                            for i in range(plan.concurrency)]
                 own.update(workers)
-                dispatcher = loop.create_task(self._dispatch(queue), name="soak-dispatch")
-                own.add(dispatcher)
-                helpers.append(dispatcher)
-                ended = await dispatcher
+                ended = await helper(self._dispatch(queue), "soak-dispatch")
             else:
                 workers = [loop.create_task(self._closed_worker(), name=f"soak-worker-{i}")
                            for i in range(plan.concurrency)]
                 own.update(workers)
                 ended = await self._closed_end()
-            own.update(helpers)
+            # the planned end: faults stop here, not after the drain
+            if ticker is not None and self.faults is not None:
+                ticker.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
+                healed = True
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.faults.heal_all, time.monotonic() - self._t0)
             # drain: calls in flight (and queued) may finish within plan.drain
             done, pending = await asyncio.wait(workers, timeout=plan.drain) if workers \
                 else (set(), set())
@@ -224,11 +239,12 @@ class Driver:
             for task in [*workers, *helpers]:
                 task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
-            now = loop.time() - self._t0
+            now = time.monotonic() - self._t0
             await self._take_sample(now)
             if self.faults is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.faults.heal_all, now)
+                if not healed:
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(self.faults.heal_all, now)
                 self.record.stages = self.faults.stages()
             self._finish(now)
             if self._executor is not None:
@@ -246,10 +262,10 @@ class Driver:
         if self._stop.is_set():
             return "iterations"
         self._stop.set()
+        self._c.stop = True
         return "duration"
 
     async def _dispatch(self, queue: asyncio.Queue[float | None]) -> str:
-        loop = asyncio.get_running_loop()
         plan = self.plan
         assert plan.rate is not None
         period = 1.0 / plan.rate
@@ -260,7 +276,7 @@ class Driver:
         i = 0
         ended = "duration"
         while True:
-            now = loop.time()
+            now = time.monotonic()
             while i < limit:
                 due = self._t0 + i * period
                 if due > now or due >= deadline:
@@ -276,7 +292,7 @@ class Driver:
             due = self._t0 + i * period
             if due >= deadline:
                 break
-            await asyncio.sleep(max(0.0, due - loop.time()))
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
         assert self._stop is not None
         self._stop.set()
         for _ in range(plan.concurrency):
@@ -288,7 +304,7 @@ class Driver:
             while (due := await queue.get()) is not None:
                 await self._call_sync(due)
             return
-        clock = asyncio.get_running_loop().time
+        clock = time.monotonic
         target = self.target
         c = self._c
         while (due := await queue.get()) is not None:
@@ -298,11 +314,10 @@ class Driver:
             except Exception as exc:
                 self._failed(exc)
             c.calls += 1
-            c.interval_calls += 1
             c.latencies.append(clock() - due)
 
     async def _closed_worker(self) -> None:
-        clock = asyncio.get_running_loop().time
+        clock = time.monotonic
         c = self._c
         stop = self._stop
         assert stop is not None
@@ -315,8 +330,11 @@ class Driver:
                 await self._call_sync(clock())
             return
         target = self.target
-        while not stop.is_set():
+        # the hot loop: local names, a plain flag and a countdown (no Event call per call)
+        latencies = c.latencies
+        while not c.stop:
             if c.started >= limit:
+                c.stop = True
                 stop.set()
                 return
             c.started += 1
@@ -326,13 +344,13 @@ class Driver:
             except Exception as exc:
                 self._failed(exc)
             c.calls += 1
-            c.interval_calls += 1
-            c.latencies.append(clock() - began)
+            if latencies is not c.latencies:  # the sampler took the list
+                latencies = c.latencies
+            latencies.append(clock() - began)
 
     def _failed(self, exc: Exception) -> None:
         c = self._c
         c.errors += 1
-        c.interval_errors += 1
         name = type(exc).__name__
         c.error_types[name] = c.error_types.get(name, 0) + 1
 
@@ -345,32 +363,29 @@ class Driver:
         except Exception as exc:
             self._failed(exc)
         c.calls += 1
-        c.interval_calls += 1
-        c.latencies.append(loop.time() - due)
+        c.latencies.append(time.monotonic() - due)
 
     # -- sampling and faults ---------------------------------------------------------------
 
     async def _sampling(self) -> None:
-        loop = asyncio.get_running_loop()
         interval = self.plan.interval
         n = 1
         while True:
-            await asyncio.sleep(max(0.0, self._t0 + n * interval - loop.time()))
-            await self._take_sample(loop.time() - self._t0)
-            n = max(n + 1, int((loop.time() - self._t0) / interval) + 1)
+            await asyncio.sleep(max(0.0, self._t0 + n * interval - time.monotonic()))
+            await self._take_sample(time.monotonic() - self._t0)
+            n = max(n + 1, int((time.monotonic() - self._t0) / interval) + 1)
 
     async def _ticking(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self.faults is not None
         while True:
-            await asyncio.to_thread(self.faults.tick, loop.time() - self._t0)
+            await asyncio.to_thread(self.faults.tick, time.monotonic() - self._t0)
             await asyncio.sleep(self.TICK)
 
     async def _take_sample(self, now: float) -> None:
         c = self._c
         latencies, c.latencies = c.latencies, []
-        calls, c.interval_calls = c.interval_calls, 0
-        errors, c.interval_errors = c.interval_errors, 0
+        calls, c.sampled_calls = c.calls - c.sampled_calls, c.calls
+        errors, c.sampled_errors = c.errors - c.sampled_errors, c.errors
         interval = Histogram()
         interval.record_many(latencies)
         self.record.histogram.add(interval)
@@ -379,7 +394,8 @@ class Driver:
         span = max(now - previous, 1e-9)
         sample: dict[str, Any] = {
             "t": round(now, 6), "calls": c.calls, "errors": c.errors,
-            "in_flight": c.started - c.calls, "rate": round(calls / span, 3),
+            "in_flight": c.started - c.calls + (self._queue.qsize() if self._queue else 0),
+            "rate": round(calls / span, 3),
             "error_rate": round(errors / calls, 6) if calls else None,
         }
         if interval.count:

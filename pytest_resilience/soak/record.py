@@ -217,7 +217,9 @@ def merge(records: list[SoakRecord], name: str | None = None) -> SoakRecord:
     out = SoakRecord(name=name or first.name, started=min(r.started for r in records),
                      interval=first.interval, warmup=max(r.warmup for r in records),
                      source="+".join(r.source or f"source{i}" for i, r in enumerate(records)),
-                     plan=dict(first.plan), ended=first.ended)
+                     plan=dict(first.plan),
+                     ended="interrupted" if any(r.ended == "interrupted" for r in records)
+                     else first.ended)
     out.series = {"t": list(first.series["t"][:n])}
     for key in COUNTERS:
         columns = [r.series.get(key) for r in records]

@@ -239,9 +239,12 @@ class SoakRunner:
         __tracebackhide__ = True
         item = self.request.node
         try:
-            load = plan_for(item, **plan)
+            load: LoadPlan | None = plan_for(item, **plan)
+            problem = ""
         except ConfigError as exc:
-            pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
+            load, problem = None, str(exc)
+        if load is None:  # failed outside the except block: one message, no chain
+            pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
         sampler = Sampler(probe=probe, attempts=_attempts(watch),
                           pg_sessions=pg_session_counter(self.request) if pg_sessions
                           else None)

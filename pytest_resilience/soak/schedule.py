@@ -1,0 +1,145 @@
+"""Faults on a timeline that can repeat: "Postgres latency 10 s every minute", "the API
+down for 5 s every 30 s". The soak driver ticks it every 20 ms; the windows each fault
+was active become the record's stages (shaded in the report, judged per stage).
+
+    schedule = FaultSchedule()
+    schedule.toxic(pg_proxy, "latency", latency=200, at=5, for_=2, every=10)
+    schedule.down(api_proxy, at=20, for_=3)
+    schedule.add("backend answers 503", lambda: backend.set_routes(...) or restore,
+                 at=30, for_=5)   # any apply() returning its heal()
+    result = soak.run(target, faults=schedule)
+
+The scenario runner builds one from a scenario's ``faults`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_resilience.errors import ConfigError
+from pytest_resilience.soak.record import Stage
+
+__all__ = ["FaultSchedule"]
+
+
+@dataclass
+class _Step:
+    index: int
+    label: str
+    apply: Callable[[], Callable[[], None]]
+    at: float
+    for_: float | None
+    every: float | None
+
+
+class FaultSchedule:
+    """Steps applied at ``at`` (seconds since the run started) for ``for_`` seconds
+    (``None``: to the end), again every ``every`` seconds when given."""
+
+    def __init__(self, note: Callable[[float, str], None] | None = None) -> None:
+        self._steps: list[_Step] = []
+        self._pending: list[tuple[float, int]] = []
+        self._active: list[tuple[float, _Step, Callable[[], None], int]] = []
+        self._windows: list[tuple[float, float | None, str]] = []
+        self._note = note
+        self._lock = threading.Lock()
+
+    # -- building ----------------------------------------------------------------------
+
+    def add(self, label: str, apply: Callable[[], Callable[[], None]], *, at: float = 0.0,
+            for_: float | None = None, every: float | None = None) -> FaultSchedule:
+        """``apply()`` starts the fault and returns the function that heals it."""
+        if at < 0 or (for_ is not None and for_ < 0):
+            raise ConfigError(f"{label}: at= and for_= are seconds >= 0")
+        if every is not None and (every <= 0 or for_ is None or for_ >= every):
+            raise ConfigError(f"{label}: a repeating fault needs for_ shorter than every "
+                              f"(got for_={for_!r}, every={every!r})")
+        step = _Step(len(self._steps), label, apply, float(at),
+                     None if for_ is None else float(for_),
+                     None if every is None else float(every))
+        self._steps.append(step)
+        self._pending.append((step.at, step.index))
+        self._pending.sort()
+        return self
+
+    def toxic(self, proxy: Any, kind: str, *, at: float = 0.0, for_: float | None = None,
+              every: float | None = None, stream: str = "downstream", toxicity: float = 1.0,
+              **attributes: Any) -> FaultSchedule:
+        """A Toxiproxy toxic on ``proxy`` (a client ``Proxy``: ``pg_proxy.proxy``...)."""
+        target = getattr(proxy, "proxy", proxy)
+        text = ", ".join(f"{k}={v}" for k, v in attributes.items())
+        label = f"{kind} on {getattr(target, 'name', 'proxy')}" + (f" ({text})" if text else "")
+
+        def apply() -> Callable[[], None]:
+            toxic = target.add_toxic(kind, attributes, stream=stream, toxicity=toxicity)
+            remove: Callable[[], None] = toxic.remove
+            return remove
+
+        return self.add(label, apply, at=at, for_=for_, every=every)
+
+    def down(self, proxy: Any, *, at: float = 0.0, for_: float | None = None,
+             every: float | None = None) -> FaultSchedule:
+        """``proxy`` disabled (connections refused and cut) for the window."""
+        target = getattr(proxy, "proxy", proxy)
+
+        def apply() -> Callable[[], None]:
+            target.disable()
+            enable: Callable[[], None] = target.enable
+            return enable
+
+        return self.add(f"down: {getattr(target, 'name', 'proxy')}", apply, at=at, for_=for_,
+                        every=every)
+
+    # -- running (the driver's FaultCycle) ------------------------------------------------
+
+    def _say(self, now: float, text: str) -> None:
+        if self._note is not None:
+            self._note(now, text)
+
+    def tick(self, now: float) -> None:
+        with self._lock:
+            for entry in list(self._active):
+                started, step, heal, window = entry
+                if step.for_ is not None and now >= started + step.for_:
+                    heal()
+                    self._active.remove(entry)
+                    self._close(window, now)
+                    self._say(now, f"removed {step.label}")
+            while self._pending and self._pending[0][0] <= now:
+                due, index = self._pending.pop(0)
+                step = self._steps[index]
+                heal = step.apply()
+                self._say(now, f"applied {step.label}")
+                if step.every is not None:
+                    self._pending.append((due + step.every, index))
+                    self._pending.sort()
+                if step.for_ is not None and step.for_ <= 0:
+                    heal()
+                    continue
+                self._windows.append((now, None, step.label))
+                self._active.append((due, step, heal, len(self._windows) - 1))
+
+    def _close(self, window: int, now: float) -> None:
+        start, _, label = self._windows[window]
+        self._windows[window] = (start, now, label)
+
+    def heal_all(self, now: float) -> None:
+        with self._lock:
+            for _, step, heal, window in self._active:
+                with contextlib.suppress(Exception):
+                    heal()
+                self._close(window, now)
+                self._say(now, f"healed {step.label} (end)")
+            self._active.clear()
+
+    def stages(self) -> list[Stage]:
+        with self._lock:
+            return [Stage(start, end, label) for start, end, label in self._windows]
+
+    def current(self) -> str:
+        with self._lock:
+            return "; ".join(step.label for _, step, _, _ in self._active)
