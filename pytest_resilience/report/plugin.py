@@ -13,7 +13,9 @@ import pytest
 from pytest_resilience.config import settings_key
 from pytest_resilience.report.record import RunRecord
 from pytest_resilience.report.state import (
+    ATTACHMENT_PROPERTY,
     PROPERTY_NAME,
+    attachments_of_report,
     log_for,
     outcomes_key,
     verdicts_of_report,
@@ -74,9 +76,12 @@ class Reporter:
         log = log_for(item)
         new = log.verdicts[log.reported:]
         properties = [(PROPERTY_NAME, json.dumps(v.as_dict())) for v in new]
+        properties += [(ATTACHMENT_PROPERTY, json.dumps(a))
+                       for a in log.attachments[log.attached:]]
         item.user_properties.extend(properties)
         report = yield
         log.reported += len(new)
+        log.attached = len(log.attachments)
         for prop in properties:
             if prop not in report.user_properties:
                 report.user_properties.append(prop)
@@ -99,6 +104,7 @@ class Reporter:
         self.record.add_report(
             report.nodeid, report.when, report.outcome, getattr(report, "duration", 0.0),
             verdicts_of_report(report), xfail=hasattr(report, "wasxfail"),
+            attachments=attachments_of_report(report),
         )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -118,5 +124,19 @@ class Reporter:
         if getattr(self.config, "workerinput", None) is not None:
             return  # xdist workers: the controller writes the record
         directory = self.config.stash[settings_key].report
-        if directory is not None:
-            self.record.write(directory / "results.json", exit_status=int(session.exitstatus))
+        if directory is None:
+            return
+        results = self.record.write(directory / "results.json", int(session.exitstatus))
+        try:
+            from pytest_resilience.report.html import write_html  # matplotlib: lazily
+
+            write_html(results, directory)
+        except Exception as exc:  # the JSON record is written: say why the page is not
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            text = f"resilience: report.html not written: {type(exc).__name__}: {exc}"
+            if reporter is not None:
+                reporter.write_line(text, red=True)
+            else:
+                import warnings
+
+                warnings.warn(text, stacklevel=1)

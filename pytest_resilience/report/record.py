@@ -101,9 +101,45 @@ class RunRecord:
             "tests": [t.as_dict() for t in self.tests.values()],
         }
 
-    def write(self, path: Path, exit_status: int | None = None) -> None:
-        """Write atomically (a temporary name, then rename)."""
+    def write(self, path: Path, exit_status: int | None = None) -> dict[str, Any]:
+        """Write atomically (a temporary name, then rename); returns what was written."""
+        data = self.as_dict(exit_status)
+        data["soak"] = soak_summary(self, path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.as_dict(exit_status), indent=1) + "\n")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
         os.replace(tmp, path)
+        return data
+
+
+def soak_summary(record: RunRecord, directory: Path) -> dict[str, Any] | None:
+    """The run's soak records merged: histograms added (never percentiles averaged), also
+    across pytest-xdist workers, whose records sit in ``directory/soak``."""
+    files = [a["file"] for t in record.tests.values() for a in t.attachments
+             if a.get("kind") == "soak" and a.get("file")]
+    if not files:
+        return None
+    from pytest_resilience.soak.hist import Histogram
+    from pytest_resilience.soak.record import load
+
+    merged = Histogram()
+    calls = errors = 0
+    unreadable: list[str] = []
+    for name in files:
+        try:
+            soak = load(directory / name)
+        except (OSError, ValueError, KeyError) as exc:
+            unreadable.append(f"{name}: {exc}")
+            continue
+        merged.add(soak.histogram)
+        calls += int(soak.totals.get("calls", 0))
+        errors += int(soak.totals.get("errors", 0))
+    out: dict[str, Any] = {"records": len(files), "calls": calls, "errors": errors,
+                           "latency_s": {"p50": merged.percentile(50),
+                                         "p95": merged.percentile(95),
+                                         "p99": merged.percentile(99), "max": merged.max}
+                           if merged.count else None,
+                           "histogram": merged.encode()}
+    if unreadable:
+        out["unreadable"] = unreadable
+    return out
