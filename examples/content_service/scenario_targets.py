@@ -77,9 +77,14 @@ async def trends_during_retries(trends_api_url: str) -> Any:
 
 
 async def article_store(postgres_dsn: str) -> AsyncIterator[ArticleStore]:
-    """The store of a running service (scenario ``target.setup``): opened once, with one
-    article, closed after the load run."""
-    store = await ArticleStore.open(postgres_dsn)
+    """The store of a running service (scenario ``target.setup``): opened once with a fixed
+    pool (its size does not follow the load), one article, closed after the load run."""
+    from dataclasses import replace
+
+    from .config import TESTING
+
+    fixed = replace(TESTING, pool_min=TESTING.pool_max)
+    store = await ArticleStore.open(postgres_dsn, fixed)
     try:
         await store.migrate()
         await store.add(1, "resilience")
