@@ -5,8 +5,8 @@ breaks fail, each with a message in the claim's words.
 The shipped scenarios (``scenarios/``) run in the same subprocess: each defect must fail
 exactly the scenarios of its claim too. ``no_jitter`` fails no scenario: a curve without
 jitter lies inside the jitter band, so ``expect.backoff`` cannot see it (the Python
-tests check the requested waits); ``no_query_timeout`` has no scenario yet (the format
-cannot start a stall in the middle of a call).
+tests check the requested waits). ``no_query_timeout`` fails the load-run scenario whose
+Postgres stalls for 1.5 s (its faults tick every 20 ms, in the middle of calls).
 
 Each case runs ``pytest examples scenarios`` in a subprocess (about 5 s; run with
 ``-p xdist -n 2`` to take two at a time).
@@ -55,6 +55,8 @@ EXPECTED: dict[str, dict[str, str]] = {
     "no_query_timeout": {
         TIMEOUTS + "test_stalled_query_times_out_loop_keeps_serving_pool_recovers":
             "article query on a stalled Postgres has no effective timeout",
+        SC + "article_queries_time_out_while_postgres_stalls":
+            "max_s reached",
     },
     "blocking_call": {
         TIMEOUTS + "test_retries_do_not_block_the_event_loop":

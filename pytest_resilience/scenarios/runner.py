@@ -591,7 +591,10 @@ def _load_verdicts(scenario: Scenario, record: Any) -> list[Verdict]:
                            expected={k: getattr(expect.latency, k)
                                      for k in ("p50", "p95", "p99", "max")},
                            observed=observed, headers=["percentile", "at most", "observed", ""],
-                           rows=rows, outcome=f"{h.count} calls"))
+                           rows=rows, outcome=", ".join(
+                               f"{k} {fmt_s(v)}" for k, v in observed.items()) + (
+                               f" over {h.count} calls" if h.count else "not measured: "
+                               "no call completed")))
     spec = expect.drift
     if spec is not None:
         for series in spec.no_growth:
