@@ -174,6 +174,27 @@ def _path(must_be_dir: bool) -> Callable[[str, str], Path]:
     return check
 
 
+def _cache_dir(value: str, source: str) -> Path:
+    """The Postgres data-directory cache: a directory this process can write, or one it
+    can create later. Nothing is created here (the run may never need Postgres): the
+    nearest existing ancestor must be a writable directory."""
+    path = Path(value).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        raise pytest.UsageError(f"{source}={value!r}: {path} is a file, not a directory")
+    if not existing.is_dir():
+        raise pytest.UsageError(
+            f"{source}={value!r}: cannot create {path}: {existing} is a file, not a directory"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = f"{path}" if existing == path else f"cannot create {path}: {existing}"
+        raise pytest.UsageError(f"{source}={value!r}: {what} is not writable by this user; "
+                                "give a directory you can write to")
+    return path
+
+
 def _report_dir(value: str, source: str) -> Path:
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -258,7 +279,7 @@ def from_config(config: pytest.Config) -> Settings:
         "leaks": _choice(by_name["leaks"]),
         "pg_bin": _path(must_be_dir=True),
         "toxiproxy_bin": _path(must_be_dir=False),
-        "cache_dir": _path(must_be_dir=False),
+        "cache_dir": _cache_dir,
         "report": _report_dir,
         "postgres_dsn": _dsn,
         "toxiproxy_url": _url,

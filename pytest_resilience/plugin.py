@@ -3,6 +3,8 @@
 Thin on purpose: every fixture lives in ``pytest_resilience.fixtures.*`` and
 delegates to the module that does the work. Nothing heavy is imported here,
 so ``pytest --co`` on a project that uses none of the fixtures stays fast.
+
+PYTEST_DONT_REWRITE (loaded at every pytest start; no user-facing asserts).
 """
 
 from __future__ import annotations
@@ -45,15 +47,33 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     settings = _config.from_config(config)
     config.stash[_config.settings_key] = settings
-    cache = getattr(config, "cache", None)
-    if cache is not None and getattr(config, "workerinput", None) is None:
-        cache.set("resilience/seed", settings.seed)
+    if getattr(config, "workerinput", None) is None and not config.option.collectonly:
+        config.pluginmanager.register(_SeedSaver(config), "resilience-seed")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(settings), "resilience-xdist")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return config.stash[_config.settings_key].header_lines()
+
+
+class _SeedSaver:
+    """Remembers the seed for ``--resilience-seed=last`` when the first test starts.
+
+    Only runs that run tests write it (not ``--co``, not an empty directory), and at
+    the first test rather than at the end, so a run killed half-way can be replayed.
+    Under xdist the controller sees every test start (the workers have no cache to
+    write). Unregisters itself once done, so later tests cost nothing."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+
+    def pytest_runtest_logstart(self) -> None:
+        config = self._config
+        config.pluginmanager.unregister(self)
+        cache = getattr(config, "cache", None)
+        if cache is not None:
+            cache.set("resilience/seed", config.stash[_config.settings_key].seed)
 
 
 class _XdistHooks:

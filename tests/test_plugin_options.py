@@ -40,7 +40,9 @@ def test_flag_wins_over_ini(pytester: pytest.Pytester) -> None:
 
 
 def test_seed_last_replays_the_previous_seed(pytester: pytest.Pytester) -> None:
-    pytester.runpytest("--resilience-seed=4242", "--co")
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    pytester.runpytest("--resilience-seed=4242").assert_outcomes(passed=1)
+    pytester.runpytest("--resilience-seed=99", "--co")  # ran no test: remembers nothing
     result = pytester.runpytest("--resilience-seed=last", "--co")
     result.stdout.fnmatch_lines(["*seed=4242 *"])
 

@@ -127,7 +127,9 @@ def _import_target(scenario: Scenario) -> str | None:
     is not counted in the scenario's run time."""
     from pytest_resilience.scenarios.runner import ScenarioUsageError, resolve
 
-    path = scenario.target.call or (scenario.target.http.app if scenario.target.http else "")
+    path = scenario.target.call or (scenario.target.http.app if scenario.target.http else None)
+    if path is None:  # a command: started when the scenario runs
+        return None
     try:
         obj = resolve(path)
     except ScenarioUsageError as exc:

@@ -1,5 +1,8 @@
 """Scenario YAML files become pytest items (cheap to import: the loader, pydantic and
-the runner are imported when a scenario file is collected)."""
+the runner are imported when a scenario file is collected).
+
+PYTEST_DONT_REWRITE (loaded at every pytest start; no user-facing asserts).
+"""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ def _needs_proxy(scenario: Scenario, name: str, kind: str) -> bool:
         return spec.proxy
     if kind in ("postgres", "tcp"):
         return True
-    return any(step.on == name for step in scenario.faults)
+    return any(step.on == name and not step.http for step in scenario.faults)
 
 
 def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[str, ServiceHandle]:
@@ -181,7 +181,9 @@ class _Faults:
     @staticmethod
     def _label(index: int, step: FaultStep) -> str:
         attrs = step.attributes
-        label = f"faults[{index}] {step.fault} on {step.on}"
+        what = step.fault if step.fault is not None else f"script {step.script!r}"
+        label = f"faults[{index}] {what} on {step.on}" + (
+            f" {step.route}" if step.route else "")
         if attrs:
             label += " (" + ", ".join(f"{k}={v}" for k, v in attrs.items()) + ")"
         return label
@@ -189,6 +191,14 @@ class _Faults:
     def _applier(self, index: int, step: FaultStep) -> Callable[[], Callable[[], None]]:
         def apply() -> Callable[[], None]:
             service = self.services[step.on]
+            if step.http:
+                if service.backend is None:
+                    raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not an HTTP "
+                                             "backend")
+                steps: Any = step.script if step.script is not None else [
+                    {"fault": step.fault, **step.attributes, "times": "forever"}]
+                restore: Callable[[], None] = service.backend.rescript(step.route, steps)
+                return restore
             if service.proxy is None:
                 raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a "
                                          "proxy; set proxy: true on the service")
@@ -288,17 +298,31 @@ async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
     return calls
 
 
-def _http_target(scenario: Scenario) -> Callable[..., Any]:
+def _http_target(scenario: Scenario, services: dict[str, ServiceHandle],
+                 request: pytest.FixtureRequest) -> Callable[..., Any]:
     spec = scenario.target.http
     assert spec is not None
-    app = _import(spec.app, "target.http.app")
+    if spec.command is not None:
+        base_url = _start_command(spec, services, request)
+        app = None
+    else:
+        assert spec.app is not None
+        app = _import(spec.app, "target.http.app")
+        base_url = "http://scenario"
+
+    clients: dict[int, Any] = {}  # one keep-alive client per event loop, closed at the end
 
     async def call() -> Any:
         import httpx
 
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://scenario") as client:
-            response = await client.request(spec.method, spec.path, json=spec.json_body)
+        loop_id = id(asyncio.get_running_loop())
+        client = clients.get(loop_id)
+        if client is None:
+            transport = httpx.ASGITransport(app=app) if app is not None else None
+            client = clients[loop_id] = httpx.AsyncClient(
+                transport=transport, base_url=base_url, timeout=None,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        response = await client.request(spec.method, spec.path, json=spec.json_body)
         try:
             body: Any = response.json()
         except ValueError:
@@ -307,7 +331,88 @@ def _http_target(scenario: Scenario) -> Callable[..., Any]:
             raise RuntimeError(f"HTTP {response.status_code}: {str(body)[:200]}")
         return {"status": response.status_code, "body": body}
 
+    async def aclose() -> None:
+        client = clients.pop(id(asyncio.get_running_loop()), None)
+        if client is not None:
+            await client.aclose()
+
+    call.aclose = aclose  # type: ignore[attr-defined]
     return call
+
+
+async def _aclose(fn: Any) -> None:
+    """Close what a target kept open across calls (the HTTP target's client)."""
+    aclose = getattr(fn, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class _Placeholders(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise ScenarioUsageError(
+            f"target.http: unknown placeholder {{{key}}}; known: "
+            + ", ".join("{" + k + "}" for k in sorted(self)))
+
+
+def _start_command(spec: Any, services: dict[str, ServiceHandle],
+                   request: pytest.FixtureRequest) -> str:
+    """Start the scenario's server process on a free loopback port, wait until it
+    answers, stop it (and everything it started) after the test."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import httpx
+
+    from pytest_resilience.services.supervise import log_tail, propose_port, spawn
+
+    port = propose_port()
+    values = _Placeholders(port=str(port))
+    for name, handle in services.items():
+        for suffix in ("", "_url", "_dsn", "_address"):
+            values[name + suffix] = handle.address
+    command = shlex.split(spec.command) if isinstance(spec.command, str) else spec.command
+    try:
+        argv = [arg.format_map(values) for arg in command]
+        env = {key: value.format_map(values) for key, value in spec.env.items()}
+    except (ValueError, IndexError) as exc:
+        raise ScenarioUsageError(f"target.http.command: {exc} (write literal braces as "
+                                 "{{ and }})") from None
+    workdir = Path(tempfile.mkdtemp(prefix="resilience-scenario-"))
+    log = workdir / "output.log"
+    with log.open("wb") as out:
+        try:
+            child = spawn(argv, name=f"scenario command {argv[0]}", remove=workdir,
+                          stdout=out, stderr=subprocess.STDOUT,
+                          env={**os.environ, **env}, cwd=str(request.config.rootpath))
+        except OSError as exc:
+            raise ScenarioUsageError(f"target.http.command {argv[0]!r} cannot start: "
+                                     f"{exc}") from None
+    request.addfinalizer(child.stop)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + spec.ready_timeout
+    last = "no answer yet"
+    with httpx.Client(timeout=1.0) as client:
+        while True:
+            if not child.alive():
+                raise ScenarioUsageError(
+                    f"target.http.command {shlex.join(argv)!r} exited before it answered on "
+                    f"{url}{spec.ready}; its output:\n{log_tail(log)}")
+            try:
+                if client.get(url + spec.ready).status_code < 500:
+                    return url
+                last = "it answered with a server error"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}"
+            if time.monotonic() > deadline:
+                child.stop()
+                raise ScenarioUsageError(
+                    f"target.http.command {shlex.join(argv)!r} did not answer on "
+                    f"{url}{spec.ready} within {fmt_s(spec.ready_timeout)} ({last}); it must "
+                    f"listen on 127.0.0.1:{{port}}; its output:\n{log_tail(log)}")
+            time.sleep(0.05)  # a bounded readiness poll of a child process
 
 
 # -- expectations -> verdicts ---------------------------------------------------------------
@@ -525,6 +630,7 @@ def _run_load(scenario: Scenario, request: pytest.FixtureRequest, fn: Callable[.
                                 on_sample=progress)
             await driver.run()
         finally:
+            await _aclose(fn)
             if cm is not None:
                 await cm.__aexit__(None, None, None)
 
@@ -643,7 +749,7 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
             raise ScenarioUsageError("target.setup is given but target.call has no "
                                      "'context' parameter to receive what it yields")
     else:
-        fn = _http_target(scenario)
+        fn = _http_target(scenario, services, request)
         kwargs = {}
     factory: Callable[[], Any] | None = None
     if setup is not None:
@@ -659,11 +765,14 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
     sites: list[str | None] = []
     if inspect.iscoroutinefunction(fn):
         async def drive() -> list[Call]:
-            if factory is None:
-                return await _drive_async(fn, kwargs, scenario, faults, lag, sites)
-            async with factory() as context:
-                kwargs["context"] = context
-                return await _drive_async(fn, kwargs, scenario, faults, lag, sites)
+            try:
+                if factory is None:
+                    return await _drive_async(fn, kwargs, scenario, faults, lag, sites)
+                async with factory() as context:
+                    kwargs["context"] = context
+                    return await _drive_async(fn, kwargs, scenario, faults, lag, sites)
+            finally:
+                await _aclose(fn)
 
         calls = asyncio.run(drive())
     else:

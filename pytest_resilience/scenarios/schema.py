@@ -84,11 +84,32 @@ class Service(_Model):
 
 
 class HttpTarget(_Model):
-    app: str = Field(description="ASGI app by import path: package.module:app",
-                     pattern=_IMPORT_PATH.pattern)
+    """An HTTP request to an ASGI app (``app``, in-process) or to a process the scenario
+    starts (``command``) and waits for; ``{port}`` and the services' addresses
+    (``{trends_api_url}``, ``{postgres_dsn}``...) are filled into ``command`` and ``env``."""
+
+    app: str | None = Field(None, description="ASGI app by import path: package.module:app",
+                            pattern=_IMPORT_PATH.pattern)
+    command: list[str] | str | None = Field(
+        None, description="the server to start (a list of arguments, or one string split "
+        "like a shell would); it must listen on 127.0.0.1:{port}")
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="extra environment of the command")
+    ready: str = Field("/", pattern=r"^/", description="path polled until the command "
+                       "answers (any status below 500)")
+    ready_timeout: Duration = Field(30.0, gt=0, le=600)
     method: str = "GET"
     path: str = Field("/", pattern=r"^/")
     json_body: Any = Field(None, alias="json")
+
+    @model_validator(mode="after")
+    def _one(self) -> HttpTarget:
+        if (self.app is None) == (self.command is None):
+            raise ValueError("give exactly one of 'app' (an ASGI app, in-process) or "
+                             "'command' (a server process the scenario starts)")
+        if self.env and self.command is None:
+            raise ValueError("'env' goes with 'command'")
+        return self
 
 
 class Target(_Model):
@@ -114,14 +135,21 @@ class Target(_Model):
 
 
 class FaultStep(BaseModel):
-    """One step of the fault timeline: a fault from the fault vocabulary on a service,
-    from ``at`` (seconds since the drive started) for ``for`` seconds (default: to the
-    end); the fault's attributes sit next to ``fault``."""
+    """One step of the fault timeline, on a service from ``at`` (seconds since the drive
+    started) for ``for`` seconds (default: to the end), again every ``every`` seconds:
+    a network fault of the fault vocabulary (through the service's proxy; its attributes
+    sit next to ``fault``), an HTTP fault on a backend (``fault: status``, ``reset``,
+    ``hang``...: every request to ``route``, or to the whole backend, answers so), or a new
+    ``script`` for a backend ``route`` (``["503 x3", "200 forever"]``)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
-    on: str = Field(description="the service (its proxy or its routes)")
-    fault: str = Field(description="a network fault: " + ", ".join(faults.names("network")))
+    on: str = Field(description="the service (its proxy, or an HTTP backend's routes)")
+    fault: str | None = Field(None, description="a fault: " + ", ".join(faults.names()))
+    route: str | None = Field(None, description="HTTP backends: only this route "
+                              "(METHOD /path, as scripted); default: all of them")
+    script: list[Any] | str | None = Field(
+        None, description="HTTP backends: the route's new steps while the step lasts")
     at: Duration = 0.0
     for_: Duration | None = Field(None, alias="for")
     first: int | None = Field(None, ge=1, description="only the first N connections")
@@ -131,21 +159,35 @@ class FaultStep(BaseModel):
 
     @model_validator(mode="after")
     def _fault(self) -> FaultStep:
-        try:
-            faults.get(self.fault)
-        except Exception:
-            hint = suggest(self.fault, faults.names())
-            raise ValueError(f"unknown fault {self.fault!r}{hint}; known: "
-                             f"{', '.join(faults.names('network'))}") from None
-        if faults.get(self.fault).layer != "network":
-            raise ValueError(
-                f"{self.fault!r} is an HTTP backend fault: script it in the backend's routes "
-                f"(services.<name>.routes); the timeline takes network faults: "
-                f"{', '.join(faults.names('network'))}")
         if self.every is not None and (self.for_ is None or self.for_ >= self.every):
             raise ValueError("a repeating fault ('every') needs 'for' shorter than 'every' "
                              "(how long each occurrence lasts)")
         attributes = dict(self.model_extra or {})
+        if self.script is not None:
+            if self.fault is not None or attributes:
+                raise ValueError("give either 'fault' (with its attributes) or 'script' (a "
+                                 "route's new steps), not both")
+            return self
+        if self.fault is None:
+            raise ValueError("give 'fault' (e.g. latency, down, status) or 'script'")
+        try:
+            fault = faults.get(self.fault)
+        except Exception:
+            hint = suggest(self.fault, faults.names())
+            raise ValueError(f"unknown fault {self.fault!r}{hint}; known: "
+                             f"{', '.join(faults.names())}") from None
+        if self.route is not None and fault.layer != "http":
+            raise ValueError(f"'route' goes with HTTP faults and scripts; {self.fault!r} is a "
+                             "network fault on the whole service")
+        if fault.layer == "http":
+            try:
+                from pytest_resilience.services.http_script import parse_step
+
+                parse_step({"fault": self.fault, **attributes, "times": "forever"},
+                           f"the {self.fault!r} fault")
+            except Exception as exc:
+                raise ValueError(str(exc)) from None
+            return self
         try:
             faults.validate(self.fault, **attributes)
         except Exception as exc:
@@ -155,6 +197,12 @@ class FaultStep(BaseModel):
     @property
     def attributes(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def http(self) -> bool:
+        """A step on an HTTP backend's answers (not on its proxy)."""
+        return self.script is not None or (
+            self.fault is not None and faults.get(self.fault).layer == "http")
 
 
 class Drive(_Model):
@@ -327,6 +375,16 @@ class Scenario(_Model):
             if step.on not in names:
                 raise ValueError(f"faults[{i}].on: no service {step.on!r}"
                                  f"{suggest(step.on, names)}; services: {sorted(names)}")
+            spec = self.services.get(step.on)
+            if step.http and (spec is None or spec.routes is None):
+                raise ValueError(f"faults[{i}]: {step.fault or 'script'!s} changes an HTTP "
+                                 f"backend's answers; {step.on!r} is not an HTTP backend "
+                                 "(one with 'routes')")
+            if step.route is not None and spec is not None and spec.routes is not None \
+                    and step.route not in spec.routes:
+                raise ValueError(f"faults[{i}].route: {step.on!r} has no route "
+                                 f"{step.route!r}{suggest(step.route, spec.routes)}; "
+                                 f"routes: {sorted(spec.routes)}")
         checks = [self.expect.backoff] + (
             self.expect.attempts if isinstance(self.expect.attempts, list)
             else [self.expect.attempts])
@@ -388,6 +446,8 @@ def json_schema() -> dict[str, Any]:
     # the fault steps: one of the vocabulary's faults with its attributes
     defs = schema.setdefault("$defs", {})
     step = defs.get("FaultStep", {})
-    step.setdefault("properties", {})["fault"] = {"enum": list(faults.names("network")),
-                                                  "description": "a network fault"}
+    step.setdefault("properties", {})["fault"] = {
+        "enum": list(faults.names()),
+        "description": "a network fault (through the service's proxy) or an HTTP fault "
+                       "(an HTTP backend's answers)"}
     return schema

@@ -46,6 +46,7 @@ from pytest_resilience.services.http_script import (
     coerce_reply,
 )
 from pytest_resilience.services.loop_thread import LoopThread
+from pytest_resilience.toxiproxy.client import user_facing_call
 
 __all__ = ["HttpBackend", "HttpEngine", "ProxiedBackend"]
 
@@ -207,6 +208,7 @@ class HttpBackend(BackendCore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @user_facing_call
     def via_proxy(self, name: str | None = None) -> ProxiedBackend:
         """Put a Toxiproxy proxy in front of this backend (``proxy_for`` fixture).
 

@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,6 +29,7 @@ from pytest_resilience.services.http_script import (
     StepLike,
     parse_script,
 )
+from pytest_resilience.toxiproxy.client import user_facing_call
 
 __all__ = ["BackendCore", "Headers", "RecordedRequest", "Route", "Unexpected"]
 
@@ -181,6 +182,20 @@ class Route:
                 continue
             return None, self.script.default
 
+    def swap(self, script: Script) -> Callable[[], None]:
+        """Answer with ``script`` from now on (from its first step); the returned function
+        puts the previous script back where it was (its position and counts kept)."""
+        saved = (self.script, self.used, self._pass_used, self._pos)
+        self.script = script
+        self.used = [0] * len(script.steps)
+        self._pass_used = [0] * len(script.steps)
+        self._pos = 0
+
+        def restore() -> None:
+            self.script, self.used, self._pass_used, self._pos = saved
+
+        return restore
+
     def unused(self) -> list[str]:
         out = []
         for i, step in enumerate(self.script.steps):
@@ -233,6 +248,7 @@ class BackendCore:
 
     # ------------------------------------------------------------------ scripting
 
+    @user_facing_call
     def route(self, method: str, path: str | re.Pattern[str],
               *steps: StepLike | Sequence[StepLike],
               default: StepLike | None = None, cycle: bool = False) -> Route:
@@ -266,22 +282,27 @@ class BackendCore:
             self.routes.append(route)
         return route
 
+    @user_facing_call
     def get(self, path: str | re.Pattern[str], *steps: StepLike | Sequence[StepLike],
             **kw: Any) -> Route:
         return self.route("GET", path, *steps, **kw)
 
+    @user_facing_call
     def post(self, path: str | re.Pattern[str], *steps: StepLike | Sequence[StepLike],
             **kw: Any) -> Route:
         return self.route("POST", path, *steps, **kw)
 
+    @user_facing_call
     def put(self, path: str | re.Pattern[str], *steps: StepLike | Sequence[StepLike],
             **kw: Any) -> Route:
         return self.route("PUT", path, *steps, **kw)
 
+    @user_facing_call
     def delete(self, path: str | re.Pattern[str], *steps: StepLike | Sequence[StepLike],
             **kw: Any) -> Route:
         return self.route("DELETE", path, *steps, **kw)
 
+    @user_facing_call
     def add_routes(self, routes: Mapping[str, object]) -> None:
         """Script several routes from ``{"GET /trends": ["503 x5", "200 {}"], ...}``.
 
@@ -300,6 +321,36 @@ class BackendCore:
                            default=steps.get("default"), cycle=bool(steps.get("cycle", False)))
             else:
                 self.route(method, path.strip(), steps)  # type: ignore[arg-type]
+
+    @user_facing_call
+    def rescript(self, route: str | None, steps: StepLike | Sequence[StepLike], *,
+                 default: StepLike | None = None, cycle: bool = False) -> Callable[[], None]:
+        """Re-script a route mid-test: ``route`` (``"GET /trends"``, as scripted; ``None``:
+        every route of this backend) answers with ``steps`` from now on. Returns the
+        function that restores the previous scripts; a step the new script never used is
+        not reported as unused.
+
+        ``restore = backend.rescript("GET /trends", ["503 forever"])`` ... ``restore()``.
+        """
+        with self._lock:
+            if route is None:
+                chosen = list(self.routes)
+            else:
+                method, _, path = route.strip().partition(" ")
+                chosen = [r for r in self.routes if r.label == f"{method.upper()} {path.strip()}"]
+            if not chosen:
+                scripted = ", ".join(r.label for r in self.routes) or "none"
+                raise ConfigError(f"rescript: no route {route!r} on this backend (scripted: "
+                                  f"{scripted}); script it first, then re-script it")
+            restores = [r.swap(parse_script(steps, f"{r.label} (re-scripted)",
+                                            default=default, cycle=cycle)) for r in chosen]
+
+        def restore() -> None:
+            with self._lock:
+                for undo in reversed(restores):
+                    undo()
+
+        return restore
 
     # ----------------------------------------------------------------- the log
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 from pytest_resilience import faults
 from pytest_resilience.errors import ConfigError
 from pytest_resilience.faults import parse_duration
+from pytest_resilience.toxiproxy.client import user_facing_call
 
 if TYPE_CHECKING:
     from pytest_resilience.services.http_routes import RecordedRequest
@@ -76,6 +77,16 @@ __all__ = [
 ]
 
 README = "see the 'Fake HTTP backends' section of the pytest-resilience README"
+
+
+def _hide_config_errors(excinfo: Any) -> bool:
+    """pytest's ``__tracebackhide__`` for this module's frames: a :class:`ConfigError`
+    (a script mistake) is shown at the user's line, without the parser's frames, and
+    without the ``__init__`` that ``dataclasses`` generates with this module's globals."""
+    return isinstance(getattr(excinfo, "value", None), ConfigError)
+
+
+__tracebackhide__ = _hide_config_errors
 
 #: The socket faults, for type checkers (tests check it matches ``faults.socket_faults()``).
 FaultKind = Literal["empty", "malformed", "truncated", "garbage", "reset", "hang"]
@@ -113,6 +124,7 @@ class Fixed(Delay):
 
     seconds: float
 
+    @user_facing_call
     def __post_init__(self) -> None:
         faults.check_delay("fixed", (self.seconds,))
 
@@ -130,6 +142,7 @@ class Uniform(Delay):
     low: float
     high: float
 
+    @user_facing_call
     def __post_init__(self) -> None:
         faults.check_delay("uniform", (self.low, self.high))
 
@@ -151,6 +164,7 @@ class LogNormal(Delay):
     median: float
     sigma: float
 
+    @user_facing_call
     def __post_init__(self) -> None:
         faults.check_delay("lognormal", (self.median, self.sigma))
 
@@ -174,6 +188,7 @@ class Dribble:
     chunks: int
     over: float
 
+    @user_facing_call
     def __post_init__(self) -> None:
         faults.check_dribble(self.chunks, self.over)
 
@@ -191,6 +206,7 @@ _DELAYS: dict[str, Callable[..., Delay]] = {"fixed": Fixed, "uniform": Uniform,
                                            "lognormal": LogNormal}
 
 
+@user_facing_call
 def parse_delay(value: object, what: str = "delay", *, unit_required: bool = False) -> Delay:
     """A :class:`Delay`, a number of seconds, ``"100ms"``, ``"uniform(50ms,150ms)"``,
     ``"lognormal(100ms,0.5)"`` or a mapping ``{"uniform": [a, b]}`` -> :class:`Delay`."""
@@ -241,6 +257,7 @@ class Response:
     _headers: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False,
                                                   default=())
 
+    @user_facing_call
     def __post_init__(self) -> None:
         faults.check_value("status", "status", self.status, label="Response", shown="status")
         given = [n for n, v in (("json", self.json is not _MISSING),
@@ -315,6 +332,7 @@ class Fault:
     size: int = 64
     _delay: Delay | None = field(init=False, repr=False, compare=False, default=None)
 
+    @user_facing_call
     def __post_init__(self) -> None:
         kinds = faults.socket_faults()
         if self.kind not in kinds:
@@ -386,6 +404,7 @@ class Step:
     count: int | None = 1
     source: str = ""
 
+    @user_facing_call
     def __post_init__(self) -> None:
         if self.count is not None and (isinstance(self.count, bool)
                                        or not isinstance(self.count, int) or self.count < 1):
@@ -411,18 +430,21 @@ class Step:
         return text + (f" x{self.count}" if self.count != 1 else "")
 
 
+@user_facing_call
 def times(action: StepLike, n: int) -> Step:
     """``action`` (any step form) ``n`` times in a row."""
     step = parse_step(action, "times()")
     return Step(step.action, n, "")
 
 
+@user_facing_call
 def forever(action: StepLike) -> Step:
     """``action`` (any step form) for every request from now on."""
     step = parse_step(action, "forever()")
     return Step(step.action, None, "")
 
 
+@user_facing_call
 def retry_after(after: int | datetime, status: int = 503, **kwargs: Any) -> Response:
     """A response (503 by default) carrying ``Retry-After``: whole seconds or an HTTP date."""
     headers = dict(kwargs.pop("headers", None) or {})
@@ -430,6 +452,7 @@ def retry_after(after: int | datetime, status: int = 503, **kwargs: Any) -> Resp
     return Response(status, headers=headers, **kwargs)
 
 
+@user_facing_call
 def too_many_requests(retry_after: int | datetime | None = None, **kwargs: Any) -> Response:
     """A 429 Too Many Requests, with ``Retry-After`` when given."""
     headers = dict(kwargs.pop("headers", None) or {})
@@ -449,6 +472,9 @@ def _retry_after_value(after: object, what: str) -> str:
 # -------------------------------------------------------------------------- parsing
 
 _OPTION_RE = re.compile(r"^(x\d+|x\*|forever|[a-z][a-z_-]*=\S*)$")
+#: ``x`` then a digit or ``*`` that is not a valid count (``x3x``, ``x*2``, ``X3``,
+#: ``x1.5``): a typo, never the first word of a text body
+_COUNT_TYPO_RE = re.compile(r"^[xX][\d*]")
 
 
 def _join(items: Sequence[str]) -> str:
@@ -486,6 +512,7 @@ def _status_range() -> tuple[int, int]:
     return int(low), int(high)
 
 
+@user_facing_call
 def parse_step(value: object, where: str) -> Step:
     """Any step form -> a validated :class:`Step`; ``where`` names it in errors."""
     if isinstance(value, Step):
@@ -528,6 +555,9 @@ def _parse_string(text: str, where: str) -> Step:
     while rest:
         token, _, after = rest.partition(" ")
         if not _OPTION_RE.match(token):
+            if _COUNT_TYPO_RE.match(token):
+                raise fail(f"{token!r} is not a count; write xN (a whole number, e.g. x3), "
+                           "x* or forever")
             break
         if token in ("x*", "forever"):
             count = None
@@ -660,6 +690,7 @@ class Script:
     cycle: bool = False
 
 
+@user_facing_call
 def parse_script(steps: object, where: str, *, default: object = None,
                  cycle: bool = False) -> Script:
     """A step or a list of steps (any forms) -> a :class:`Script`.

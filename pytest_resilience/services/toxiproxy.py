@@ -44,10 +44,12 @@ from pytest_resilience.services import registry
 from pytest_resilience.services.supervise import log_tail, propose_port, spawn
 from pytest_resilience.toxiproxy.client import (
     Client,
+    Conflict,
     ExtensionUnsupported,
     NotFound,
     Proxy,
     ToxiproxyError,
+    user_facing,
 )
 
 if TYPE_CHECKING:
@@ -417,6 +419,7 @@ def _upstream(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+@user_facing
 class ProxyFactory:
     """Creates proxies for one test and deletes them all in :meth:`close`.
 
@@ -438,7 +441,15 @@ class ProxyFactory:
             self._counter += 1
             name = f"proxy{self._counter}-{port}"
         mark = self._last_event_seq()
-        proxy = self.client.create_proxy(name, upstream, listen="127.0.0.1:0")
+        try:
+            proxy = self.client.create_proxy(name, upstream, listen="127.0.0.1:0")
+        except Conflict:
+            taken = ("; pg_proxy uses the name 'postgres'" if name == "postgres" else "")
+            raise ConfigError(
+                f"proxy_for({host!r}, {port!r}, name={name!r}): a proxy named {name!r} "
+                f"already exists (made earlier in this test, or by toxiproxy.create_proxy()"
+                f"{taken}); pass a different name= (or none: unnamed proxies get unique names)"
+            ) from None
         proxy.events_since = mark
         self.proxies.append(proxy)
         return proxy

@@ -26,11 +26,13 @@ connection pool and must be closed (it is a context manager).
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import quote
 
 from pytest_resilience import faults
@@ -95,6 +97,56 @@ class _ToxicTypes(Mapping[str, tuple[str, ...]]):
 TOXIC_TYPES: Mapping[str, tuple[str, ...]] = _ToxicTypes()
 
 _EXTENSION_PREFIX = "/x-resilience"
+_C = TypeVar("_C", bound=type)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+# ------------------------------------------------------------------ user-facing errors
+
+
+def _user_error(exc: BaseException) -> bool:
+    """A misuse of the API or an answer of the server: the message is all a user needs.
+    A service failure (unreachable server) keeps its cause and traceback."""
+    return isinstance(exc, ResilienceError) and not isinstance(exc, ServiceError)
+
+
+def user_facing(cls: _C) -> _C:
+    """Wrap the public methods of ``cls`` (and ``__call__``) with :func:`user_facing_call`."""
+    for attr, member in list(vars(cls).items()):
+        if (attr.startswith("_") and attr != "__call__") or not inspect.isfunction(member):
+            continue
+        setattr(cls, attr, user_facing_call(member))
+    return cls
+
+
+def user_facing_call(fn: _F) -> _F:
+    """``fn``, but a :func:`_user_error` raised anywhere below it reaches the caller with
+    the plugin's frames cut off (and the wrapper itself hidden from pytest): the user
+    sees their own line and the one message, not the validation code behind it."""
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            __tracebackhide__ = True
+            try:
+                return await fn(*args, **kwargs)
+            except ResilienceError as exc:
+                if not _user_error(exc):
+                    raise
+                raise exc.with_traceback(None) from None
+
+        return cast(_F, run_async)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            return fn(*args, **kwargs)
+        except ResilienceError as exc:
+            if not _user_error(exc):
+                raise
+            raise exc.with_traceback(None) from None
+
+    return cast(_F, run)
 
 
 # --------------------------------------------------------------------------- errors
@@ -151,6 +203,15 @@ class ToxiproxyUnreachable(ToxiproxyError, ServiceError):
         self.message = reason
         self.method = ""
         self.url = url
+
+
+def _duplicate_proxy(exc: Conflict, name: str) -> Conflict:
+    """The server's "proxy already exists", naming the proxy and the way out (``message``
+    stays the server's own text)."""
+    error = Conflict(exc.message, status=exc.status, method=exc.method, url=exc.url)
+    error.args = (f"{exc}; a proxy named {name!r} already exists: give this one a different "
+                  "name, or delete the other first",)
+    return error
 
 
 def _error_for(response: httpx.Response) -> ToxiproxyError:
@@ -334,6 +395,7 @@ class _ToxicData:
     proxy: str
 
 
+@user_facing
 @dataclass(eq=False)
 class Toxic(_ToxicData):
     """A toxic on a proxy. A context manager: leaving the block removes it."""
@@ -361,6 +423,7 @@ class Toxic(_ToxicData):
         self.remove()
 
 
+@user_facing
 @dataclass(eq=False)
 class AsyncToxic(_ToxicData):
     """A toxic on a proxy, for :class:`AsyncClient`. An async context manager."""
@@ -388,6 +451,7 @@ class AsyncToxic(_ToxicData):
         await self.remove()
 
 
+@user_facing
 class Down:
     """A disabled proxy (connections refused, live ones closed). ``remove()`` re-enables it."""
 
@@ -406,6 +470,7 @@ class Down:
         self.remove()
 
 
+@user_facing
 class AsyncDown:
     """A disabled proxy, for :class:`AsyncProxy`. ``await remove()`` re-enables it."""
 
@@ -500,6 +565,7 @@ class _ProxyData:
         return _split_address(self.listen)[1]
 
 
+@user_facing
 @dataclass(eq=False)
 class Proxy(_ProxyData):
     """A proxy, bound to the :class:`Client` that fetched it.
@@ -624,6 +690,7 @@ class Proxy(_ProxyData):
                               toxicity=toxicity, name=name)
 
 
+@user_facing
 @dataclass(eq=False)
 class AsyncProxy(_ProxyData):
     """A proxy bound to an :class:`AsyncClient`. Fault helpers are awaitable and
@@ -957,6 +1024,7 @@ def _proxy_fields(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     }
 
 
+@user_facing
 class Client(_Base):
     """A synchronous Toxiproxy client. Close it, or use it as a context manager.
 
@@ -1034,7 +1102,11 @@ class Client(_Base):
                      enabled: bool = True) -> Proxy:
         """Create a proxy. ``listen`` defaults to an ephemeral loopback port."""
         body = {"name": self.server_name(name), **self._proxy_body(upstream, listen, enabled)}
-        return self._run(_Call("POST", "/proxies", lambda r: self._proxy(_json(r), name), body))
+        try:
+            return self._run(_Call("POST", "/proxies", lambda r: self._proxy(_json(r), name),
+                                   body))
+        except Conflict as exc:
+            raise _duplicate_proxy(exc, name) from None
 
     def update_proxy(self, name: str, *, listen: str | None = None,
                      upstream: str | None = None, enabled: bool | None = None) -> Proxy:
@@ -1134,6 +1206,7 @@ class Client(_Base):
         return self._run(self._connections_call(proxy))
 
 
+@user_facing
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: the same methods, awaited."""
 
@@ -1200,8 +1273,11 @@ class AsyncClient(_Base):
     async def create_proxy(self, name: str, upstream: str, *, listen: str = "127.0.0.1:0",
                            enabled: bool = True) -> AsyncProxy:
         body = {"name": self.server_name(name), **self._proxy_body(upstream, listen, enabled)}
-        return await self._run(_Call("POST", "/proxies",
-                                     lambda r: self._proxy(_json(r), name), body))
+        try:
+            return await self._run(_Call("POST", "/proxies",
+                                         lambda r: self._proxy(_json(r), name), body))
+        except Conflict as exc:
+            raise _duplicate_proxy(exc, name) from None
 
     async def update_proxy(self, name: str, *, listen: str | None = None,
                            upstream: str | None = None,

@@ -174,11 +174,11 @@ def test_bad_marker_is_a_config_error_at_setup(tester: pytest.Pytester) -> None:
     result = tester.runpytest()
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines([
-        "*ConfigError: @pytest.mark.http_backend: unknown argument 'assert_all_usd'; valid: "
+        "*::test_bad: @pytest.mark.http_backend: unknown argument 'assert_all_usd'; valid: "
         "routes, assert_all_used, assert_all_expected, seed",
     ])
-    result.stdout.fnmatch_lines(["*ConfigError: GET /x step 1 '200 dely=1s': unknown option "
-                                 "'dely'*"])
+    result.stdout.fnmatch_lines(["*::test_bad_routes: @pytest.mark.http_backend routes: "
+                                 "GET /x step 1 '200 dely=1s': unknown option 'dely'*"])
 
 
 def test_marker_routes_and_seeded_delays_replay(tester: pytest.Pytester) -> None:

@@ -351,3 +351,48 @@ def test_retry_amplification_with_a_real_client(soak: Any, http_backends: Any,
         assert (totals["attempts"], totals["errors"]) == (30, 25), totals
         verdict = result.expect_amplification(at_most=1.5)
         assert verdict.passed
+
+
+def test_progress_is_one_updating_line_on_a_terminal(pytester: pytest.Pytester) -> None:
+    """Under a pseudo-terminal the progress rewrites one line (carriage returns), ending
+    with a newline after the final figures."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    pytester.makepyfile(test_progress=PROGRESS)
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["COLUMNS"] = "120"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
+         "test_progress.py"], cwd=pytester.path, stdin=subprocess.DEVNULL, stdout=follower,
+        stderr=follower, env=env)
+    os.close(follower)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(leader)
+        proc.wait(timeout=30)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out
+    updates = [part for part in out.split("\r") if part.startswith("soak test_progress: ")]
+    assert len(updates) >= 3, out  # the same line rewritten, sample after sample
+    assert any("duration after" in part for part in updates), out
