@@ -82,7 +82,8 @@ def test_a_new_script_for_a_window_and_a_reset_fault(pytester: pytest.Pytester) 
     """)
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    assert "429" in out and "418" in out
+    assert "429" in out
+    assert "418" in out
     assert "3 of 5 calls did not" in out or "2 of 5 calls did not" in out, out
 
 
@@ -104,7 +105,7 @@ def test_an_outage_window_in_a_load_run_becomes_a_stage(pytester: pytest.Pyteste
     """, f"--resilience-report={report}")
     result.assert_outcomes(passed=1)
     results = json.loads((report / "results.json").read_text())
-    soak = [a for a in results["tests"][0]["attachments"] if a["kind"] == "soak"][0]
+    soak = next(a for a in results["tests"][0]["attachments"] if a["kind"] == "soak")
     record = load(report / soak["file"])
     assert [s.label for s in record.stages] == ["faults[0] reset on trends_api"]
     assert 0 < record.totals["errors"] < record.totals["calls"]
