@@ -173,10 +173,32 @@ class _Faults:
         from pytest_resilience.soak.schedule import FaultSchedule
 
         self.services = services
+        self.timeline = timeline
         self.schedule = FaultSchedule(note=timeline.note)
+        #: calls completed so far (the drive sets it: an ``after: N calls`` trigger)
+        self.completed: Callable[[], int] = lambda: 0
         for index, step in enumerate(steps):
             self.schedule.add(self._label(index, step), self._applier(index, step),
-                              at=step.at, for_=step.for_, every=step.every)
+                              at=step.at, for_=step.for_, every=step.every,
+                              after=self._trigger(step),
+                              after_label=f"after {step.after}" if step.after else "")
+
+    def _trigger(self, step: FaultStep) -> Callable[[], bool] | int | None:
+        from pytest_resilience.scenarios.schema import AFTER
+
+        if step.after is None:
+            return None
+        m = AFTER.match(step.after)
+        assert m is not None  # the schema checked it
+        if m["step"] is not None:
+            return int(m["step"])
+        if m["calls"] is not None:
+            n = int(m["calls"])
+            return lambda: self.completed() >= n
+        n = int(m["requests"])
+        service = self.services[m["service"]]
+        route = " ".join(m["route"].split()) if m["route"] else None
+        return lambda: len(_requests(service, route)) >= n
 
     @staticmethod
     def _label(index: int, step: FaultStep) -> str:
@@ -219,6 +241,8 @@ class _Faults:
 
     def heal_all(self, now: float) -> None:
         self.schedule.heal_all(now)
+        for waiting in self.schedule.waiting():
+            self.timeline.note(now, f"never triggered: {waiting}")
 
     def stages(self) -> list[Any]:
         return self.schedule.stages()
@@ -230,6 +254,7 @@ class _Faults:
 def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenario,
                 faults: _Faults) -> list[Call]:
     calls: list[Call] = []
+    faults.completed = lambda: len(calls)
     start = time.monotonic()
     drive = scenario.drive
     deadline = start + (drive.duration if drive.duration is not None else math.inf)
@@ -274,6 +299,7 @@ async def _drive_async(fn: Callable[..., Any], kwargs: dict[str, Any], scenario:
 async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
                              scenario: Scenario, faults: _Faults) -> list[Call]:
     calls: list[Call] = []
+    faults.completed = lambda: len(calls)
     loop = asyncio.get_running_loop()
     start = loop.time()
     drive = scenario.drive
@@ -628,6 +654,8 @@ def _run_load(scenario: Scenario, request: pytest.FixtureRequest, fn: Callable[.
                 driver = Driver(functools.partial(fn, **call_kwargs), plan, name=item.nodeid,
                                 sampler=sampler, faults=faults if scenario.faults else None,
                                 on_sample=progress)
+            running = driver
+            faults.completed = lambda: running.calls
             await driver.run()
         finally:
             await _aclose(fn)

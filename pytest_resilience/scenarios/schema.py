@@ -55,6 +55,11 @@ Duration = Annotated[
 ]
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _ROUTE = re.compile(r"^[A-Z]+ /\S*$")
+#: ``after:`` triggers of a fault step
+AFTER = re.compile(
+    r"^\s*(?:faults\[(?P<step>\d+)\]|(?P<calls>\d+)\s+calls?"
+    r"|(?P<requests>\d+)\s+requests?\s+to\s+(?P<service>[A-Za-z_][\w-]*)"
+    r"(?:\s+(?P<route>[A-Z]+\s+/\S*))?)\s*$")
 
 
 class _Model(BaseModel):
@@ -156,6 +161,20 @@ class FaultStep(BaseModel):
     every: Duration | None = Field(
         None, gt=0, description="repeat: the fault starts again every this long (with "
         "'for' shorter than it), e.g. latency 10 s every minute in a soak run")
+    after: str | None = Field(
+        None, json_schema_extra={"pattern": AFTER.pattern},
+        description="start 'at' seconds after a trigger instead of the drive's start: "
+        "'faults[0]' (that step's window ended), '10 calls' (completed), "
+        "'5 requests to trends_api' or '5 requests to trends_api GET /trends'")
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str | None) -> str | None:
+        if value is not None and not AFTER.match(value):
+            raise ValueError(f"{value!r} is not a trigger; write 'faults[0]' (after that "
+                             "step ended), '10 calls' (completed) or '5 requests to "
+                             "<backend>' (optionally followed by a route: GET /trends)")
+        return value
 
     @model_validator(mode="after")
     def _fault(self) -> FaultStep:
@@ -380,6 +399,22 @@ class Scenario(_Model):
                 raise ValueError(f"faults[{i}]: {step.fault or 'script'!s} changes an HTTP "
                                  f"backend's answers; {step.on!r} is not an HTTP backend "
                                  "(one with 'routes')")
+            trigger = AFTER.match(step.after) if step.after is not None else None
+            if trigger is not None and trigger["step"] is not None \
+                    and int(trigger["step"]) >= i:
+                raise ValueError(f"faults[{i}].after: {step.after!r} must name an earlier "
+                                 f"step (faults[0]..faults[{i - 1}])" if i else
+                                 f"faults[{i}].after: the first step cannot wait for a step")
+            if trigger is not None and trigger["service"] is not None:
+                target = trigger["service"]
+                tspec = self.services.get(target)
+                if tspec is None or tspec.routes is None:
+                    raise ValueError(f"faults[{i}].after: {target!r} is not an HTTP backend "
+                                     f"of this scenario{suggest(target, names)}")
+                troute = " ".join(trigger["route"].split()) if trigger["route"] else None
+                if troute is not None and troute not in tspec.routes:
+                    raise ValueError(f"faults[{i}].after: {target!r} has no route "
+                                     f"{troute!r}; routes: {sorted(tspec.routes)}")
             if step.route is not None and spec is not None and spec.routes is not None \
                     and step.route not in spec.routes:
                 raise ValueError(f"faults[{i}].route: {step.on!r} has no route "

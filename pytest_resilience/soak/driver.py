@@ -172,6 +172,11 @@ class Driver:
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[float | None] | None = None
 
+    @property
+    def calls(self) -> int:
+        """Calls completed so far."""
+        return self._c.calls
+
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> SoakRecord:

@@ -34,6 +34,9 @@ class _Step:
     at: float
     for_: float | None
     every: float | None
+    after: Callable[[], bool] | None = None
+    after_label: str = ""
+    ended: int = 0  # windows of this step that have ended
 
 
 class FaultSchedule:
@@ -43,6 +46,7 @@ class FaultSchedule:
     def __init__(self, note: Callable[[float, str], None] | None = None) -> None:
         self._steps: list[_Step] = []
         self._pending: list[tuple[float, int]] = []
+        self._waiting: list[int] = []  # steps whose trigger has not fired yet
         self._active: list[tuple[float, _Step, Callable[[], None], int]] = []
         self._windows: list[tuple[float, float | None, str]] = []
         self._note = note
@@ -51,19 +55,44 @@ class FaultSchedule:
     # -- building ----------------------------------------------------------------------
 
     def add(self, label: str, apply: Callable[[], Callable[[], None]], *, at: float = 0.0,
-            for_: float | None = None, every: float | None = None) -> FaultSchedule:
-        """``apply()`` starts the fault and returns the function that heals it."""
+            for_: float | None = None, every: float | None = None,
+            after: Callable[[], bool] | str | int | None = None,
+            after_label: str = "") -> FaultSchedule:
+        """``apply()`` starts the fault and returns the function that heals it.
+
+        ``after``: start ``at`` seconds after a trigger instead of after the run's start:
+        a predicate checked at every tick (``lambda: len(backend.requests) >= 5``), or
+        the index of an earlier step (its first window ended)."""
         if at < 0 or (for_ is not None and for_ < 0):
             raise ConfigError(f"{label}: at= and for_= are seconds >= 0")
         if every is not None and (every <= 0 or for_ is None or for_ >= every):
             raise ConfigError(f"{label}: a repeating fault needs for_ shorter than every "
                               f"(got for_={for_!r}, every={every!r})")
+        trigger: Callable[[], bool] | None
+        if isinstance(after, int) and not isinstance(after, bool):
+            if not 0 <= after < len(self._steps):
+                raise ConfigError(f"{label}: after={after} is not an earlier step (0.."
+                                  f"{len(self._steps) - 1})")
+            earlier = self._steps[after]
+            trigger = lambda: earlier.ended > 0  # noqa: E731
+            after_label = after_label or f"after {earlier.label} ended"
+        elif isinstance(after, str):
+            raise ConfigError(f"{label}: after= takes a predicate or a step index; the "
+                              "scenario format parses trigger strings")
+        elif isinstance(after, bool):
+            raise ConfigError(f"{label}: after= takes a predicate or a step index")
+        else:
+            trigger = after
         step = _Step(len(self._steps), label, apply, float(at),
                      None if for_ is None else float(for_),
-                     None if every is None else float(every))
+                     None if every is None else float(every), trigger,
+                     after_label or ("after its trigger" if trigger else ""))
         self._steps.append(step)
-        self._pending.append((step.at, step.index))
-        self._pending.sort()
+        if trigger is None:
+            self._pending.append((step.at, step.index))
+            self._pending.sort()
+        else:
+            self._waiting.append(step.index)
         return self
 
     def toxic(self, proxy: Any, kind: str, *, at: float = 0.0, for_: float | None = None,
@@ -108,7 +137,17 @@ class FaultSchedule:
                     heal()
                     self._active.remove(entry)
                     self._close(window, now)
+                    step.ended += 1
                     self._say(now, f"removed {step.label}")
+            for index in list(self._waiting):
+                step = self._steps[index]
+                assert step.after is not None
+                if step.after():
+                    self._waiting.remove(index)
+                    self._pending.append((now + step.at, index))
+                    self._pending.sort()
+                    self._say(now, f"triggered {step.label} ({step.after_label}"
+                              + (f", starts in {step.at:g} s" if step.at else "") + ")")
             while self._pending and self._pending[0][0] <= now:
                 due, index = self._pending.pop(0)
                 step = self._steps[index]
@@ -119,6 +158,7 @@ class FaultSchedule:
                     self._pending.sort()
                 if step.for_ is not None and step.for_ <= 0:
                     heal()
+                    step.ended += 1
                     continue
                 self._windows.append((now, None, step.label))
                 self._active.append((due, step, heal, len(self._windows) - 1))
@@ -133,12 +173,19 @@ class FaultSchedule:
                 with contextlib.suppress(Exception):
                     heal()
                 self._close(window, now)
+                step.ended += 1
                 self._say(now, f"healed {step.label} (end)")
             self._active.clear()
 
     def stages(self) -> list[Stage]:
         with self._lock:
             return [Stage(start, end, label) for start, end, label in self._windows]
+
+    def waiting(self) -> list[str]:
+        """Steps whose trigger never fired (for the timeline at the end)."""
+        with self._lock:
+            return [f"{self._steps[i].label} ({self._steps[i].after_label})"
+                    for i in self._waiting]
 
     def current(self) -> str:
         with self._lock:
