@@ -16,7 +16,9 @@ Two layers:
 
 * **network** (``NETWORK_FAULTS``): the Toxiproxy toxics (``latency``,
   ``bandwidth``, ``slow_close``, ``timeout``, ``reset_peer``, ``slicer``,
-  ``limit_data``, ``noop``) plus ``down`` (the proxy disabled). A toxic's
+  ``limit_data``, ``noop``) plus ``down`` (the proxy disabled) and ``fail_first``
+  (the next ``count`` connections fail; an extension of the built-in engine, not a
+  toxic: ``proxy.fail_first(count, mode=...)``). A toxic's
   ``attributes`` are the Toxiproxy ``attributes`` object (integers; in Go field
   order, the order toxiproxy-server prints them in); its ``options`` are the
   toxic's other fields (``stream``, ``toxicity``, ``name``).
@@ -51,6 +53,8 @@ __all__ = [
     "DRIBBLE_CHUNKS",
     "DURATION_PATTERN",
     "DURATION_UNITS",
+    "FAIL_FIRST_ATTRIBUTES",
+    "FAIL_FIRST_MODES",
     "HTTP_FAULTS",
     "NETWORK_FAULTS",
     "STREAM",
@@ -556,6 +560,18 @@ DRIBBLE_CHUNKS = Attribute("chunks", "integer", "pieces of the body", minimum=1,
                            rule="a positive integer")
 
 
+#: How a connection of the ``fail_first`` fault fails.
+FAIL_FIRST_MODES = ("reset", "close")
+#: The attributes of ``fail_first`` (a fault of the built-in engine, not a Toxiproxy toxic:
+#: ``/x-resilience/proxies/{proxy}/fail_first``).
+FAIL_FIRST_ATTRIBUTES = (
+    Attribute("count", "integer", "how many new connections fail, counted from the arming",
+              "connections", minimum=0, required=True, rule="an integer >= 0"),
+    Attribute("mode", "string", "reset: RST at once (ECONNRESET); close: closed without a "
+              "byte (EOF)", default="reset", choices=FAIL_FIRST_MODES),
+)
+
+
 def _toxic(name: str, description: str, *attributes: Attribute,
            example: Mapping[str, Any] | None = None) -> FaultDef:
     return FaultDef(name, "network", description, attributes, TOXIC_OPTIONS, toxic=True,
@@ -600,6 +616,9 @@ NETWORK_FAULTS: dict[str, FaultDef] = {f.name: f for f in (
     _toxic("noop", "pass the data unchanged"),
     FaultDef("down", "network", "disable the proxy: new connections are refused, live ones "
              "closed"),
+    FaultDef("fail_first", "network", "the next count new connections fail at once (reset "
+             "or closed, upstream never dialled), later ones pass; built-in engine only",
+             FAIL_FIRST_ATTRIBUTES, example={"count": 2, "mode": "reset"}),
 )}
 
 #: The HTTP faults of fake backends' scripts, by name: ``status`` and the socket faults.
@@ -639,7 +658,8 @@ def names(layer: Layer | None = None) -> tuple[str, ...]:
 
 
 def toxic_types() -> tuple[str, ...]:
-    """The Toxiproxy toxic types (the network faults but ``down``), in registry order."""
+    """The Toxiproxy toxic types (the network faults but ``down`` and ``fail_first``), in
+    registry order."""
     return tuple(name for name, f in NETWORK_FAULTS.items() if f.toxic)
 
 

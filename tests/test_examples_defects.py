@@ -44,7 +44,7 @@ EXPECTED: dict[str, dict[str, str]] = {
     "wrong_breaker_threshold": {
         RETRIES + "test_breaker_opens_fails_fast_and_recovers": "opens after 5 failures",
         SC + "the_trends_api_breaker_opens_fails_fast_and_recovers_after_60_s":
-            "every call returns ['closed', 'open', 'half_open', 'closed']",
+            "closed -> open -> half_open -> closed; opens after 5 failures",
     },
     "no_fallback": {
         RETRIES + "test_last_good_answer_is_served_while_the_api_is_down":

@@ -46,7 +46,7 @@ SOCKET_FAULTS = ("empty", "malformed", "truncated", "garbage", "reset", "hang")
 
 
 def test_every_fault_is_named_once() -> None:
-    assert faults.names("network") == (*TOXIPROXY, "down")
+    assert faults.names("network") == (*TOXIPROXY, "down", "fail_first")
     assert faults.names("http") == ("status", *SOCKET_FAULTS)
     assert len(set(faults.names())) == len(faults.names())
     assert faults.toxic_types() == tuple(TOXIPROXY)

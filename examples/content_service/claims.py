@@ -151,7 +151,8 @@ async def db_retry_backoff(
 
 
 async def breaker_opens_and_recovers(
-    trends_api_url: str, settings: Settings = TESTING, defect: str | None = None
+    trends_api_url: str, settings: Settings = TESTING, defect: str | None = None,
+    observer: Any = None,
 ) -> BreakerRun:
     """Claim: the breaker opens after ``fail_max`` failed calls, fails fast while open,
     lets one trial through after ``reset_timeout`` and closes when it succeeds.
@@ -166,7 +167,8 @@ async def breaker_opens_and_recovers(
     """
     from pytest_resilience import BreakerObserver
 
-    observer = BreakerObserver(name="trends-api breaker")
+    if observer is None:  # a scenario passes its own
+        observer = BreakerObserver(name="trends-api breaker")
     policy = settings.breaker
 
     def changed(old: str, new: str) -> None:

@@ -35,10 +35,10 @@ async def served_while_api_down(trends_api_url: str, calls: int = 8) -> list[Any
     return [_plain(s) for s in served]
 
 
-async def breaker_states(trends_api_url: str) -> list[str]:
-    """The breaker's states through an outage and a recovery (on the virtual clock)."""
-    run = await claims.breaker_opens_and_recovers(trends_api_url=trends_api_url)
-    return list(run.observer.states())
+async def breaker_through_an_outage(trends_api_url: str, breaker: Any) -> None:
+    """Calls through the breaker during an outage and after it (on the virtual clock); the
+    breaker reports its transitions and calls to ``breaker`` (the scenario's observer)."""
+    await claims.breaker_opens_and_recovers(trends_api_url=trends_api_url, observer=breaker)
 
 
 async def health_grades(postgres_dsn: str) -> dict[str, str]:

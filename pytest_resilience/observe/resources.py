@@ -13,6 +13,13 @@ Attribution ("where was it created") comes from, in order of preference:
   (client sessions, DB connections and pools, ``socket.socket``,
   ``threading.Thread.start``, ``subprocess.Popen``) while a check is active;
 * a task factory installed on event loops the plugin sees being created.
+
+Connections taken from a pool (asyncpg ``Pool.acquire``/``release``, psycopg_pool
+``getconn``/``putconn`` and the ``connection()`` context managers built on them,
+SQLAlchemy's ``checkout``/``checkin`` pool events) are recorded as
+:class:`Checkout` with the acquiring call site while a check is active, so a
+connection checked out and never returned is seen even when its pool predates
+the check.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import tracemalloc
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_resilience.services import registry as _registry
@@ -40,9 +47,11 @@ from pytest_resilience.services import registry as _registry
 __all__ = [
     "SERVICE_THREAD_PREFIX",
     "SERVICE_THREAD_PREFIXES",
+    "Checkout",
     "FdInfo",
     "Origin",
     "PgBackend",
+    "PoolState",
     "Snapshot",
     "TrackedObject",
     "Tracker",
@@ -50,6 +59,7 @@ __all__ = [
     "fd_targets",
     "pending_tasks",
     "plugin_service",
+    "pool_state",
     "register_service",
     "service_registry",
     "take_snapshot",
@@ -269,6 +279,10 @@ class Tracker:
         self.dead: dict[int, TrackedObject] = {}
         self._patched: dict[tuple[str, str], tuple[object, str, Any, bool]] = {}
         self._lock = threading.Lock()
+        # connections checked out of a pool while a check was active, by holder id
+        self.checkouts: dict[int, Checkout] = {}
+        # SQLAlchemy pool event listeners: (target, event name, function)
+        self._listeners: list[tuple[Any, str, Callable[..., None]]] = []
 
     # -- install / uninstall
     def install(self) -> None:
@@ -285,6 +299,7 @@ class Tracker:
             if not isinstance(cls, type):
                 continue
             self._wrap(key, cls, kind, method)
+        self._install_pools()
 
     def installed(self, module_name: str) -> bool:
         return any(key[0] == module_name for key in self._patched)
@@ -297,6 +312,14 @@ class Tracker:
                 with contextlib.suppress(AttributeError):
                     delattr(cls, method)
         self._patched.clear()
+        if self._listeners:
+            event = sys.modules.get("sqlalchemy.event")
+            for target, name, fn in self._listeners:
+                with contextlib.suppress(Exception):
+                    event.remove(target, name, fn)  # type: ignore[union-attr]
+            self._listeners.clear()
+        # returns are no longer seen: what is outstanding now cannot be judged later
+        self.checkouts.clear()
 
     def _wrap_open(self) -> None:
         import builtins
@@ -410,6 +433,282 @@ class Tracker:
             for key, rec in list(self.records.items()):
                 if rec.seq <= older_than_seq:
                     self.records.pop(key, None)
+            for key, co in list(self.checkouts.items()):
+                if co.seq <= older_than_seq:
+                    self.checkouts.pop(key, None)
+
+    # -- pool checkouts
+    def checkout(
+        self, library: str, pool: object, holder: object, origin: Origin, *,
+        plugin: bool, token: int = 0,
+    ) -> None:
+        """Record that *holder* (the connection, or the pool's slot for it) was
+        checked out of *pool* at *origin*."""
+        key = id(holder)
+
+        def lost(_ref: object, key: int = key) -> None:
+            co = self.checkouts.get(key)
+            if co is not None and not co.returned:
+                co.lost = True  # collected while checked out: the pool never got it back
+
+        try:
+            holder_ref: Callable[[], object | None] = weakref.ref(holder, lost)
+        except TypeError:
+            return
+        pool_ref: Callable[[], object | None]
+        try:
+            pool_ref = weakref.ref(pool)
+        except TypeError:
+            # asyncpg pools are not weak-referenceable: reach it through its slot
+            if getattr(holder, "_pool", None) is not pool:
+                return
+
+            def pool_ref() -> object | None:
+                return getattr(holder_ref(), "_pool", None)
+        with self._lock:
+            self.seq += 1
+            self.checkouts[key] = Checkout(
+                library, self.seq, origin, pool_ref, holder_ref, token, plugin,
+                pool_label(pool),
+            )
+
+    def checkin(self, holder: object) -> None:
+        """*holder* went back to its pool."""
+        co = self.checkouts.pop(id(holder), None)
+        if co is not None:
+            co.returned = True
+
+    def outstanding_checkouts(self, since_seq: int = -1) -> list[Checkout]:
+        """Checkouts made after *since_seq* whose connection is still out of an open pool."""
+        return [
+            co for co in list(self.checkouts.values())
+            if co.seq > since_seq and co.outstanding()
+        ]
+
+    def _install_pools(self) -> None:
+        """Wrap the checkout/return methods of the pool classes already imported."""
+        if ("asyncpg.pool", "Pool._acquire") not in self._patched:
+            module = sys.modules.get("asyncpg.pool")
+            cls = getattr(module, "Pool", None) if module is not None else None
+            if isinstance(cls, type) and callable(getattr(cls, "_acquire", None)) \
+                    and callable(getattr(cls, "release", None)):
+                self._wrap_asyncpg(cls)
+        module = sys.modules.get("psycopg_pool")
+        if module is not None:
+            for name, is_async in (("ConnectionPool", False), ("AsyncConnectionPool", True)):
+                cls = getattr(module, name, None)
+                if ("psycopg_pool", name + ".getconn") in self._patched:
+                    continue
+                if isinstance(cls, type) and callable(getattr(cls, "getconn", None)) \
+                        and callable(getattr(cls, "putconn", None)):
+                    self._wrap_psycopg_pool(cls, name, is_async)
+        if not self._listeners and "sqlalchemy.pool" in sys.modules \
+                and "sqlalchemy.event" in sys.modules:
+            self._listen_sqlalchemy()
+
+    def _patch(self, key: tuple[str, str], cls: type, method: str, wrapper: Any) -> None:
+        own = method in cls.__dict__
+        original = cls.__dict__[method] if own else getattr(cls, method)
+        setattr(cls, method, wrapper)
+        self._patched[key] = (cls, method, original, own)
+
+    def _wrap_asyncpg(self, cls: type) -> None:
+        tracker = self
+        acquire = _method(cls, "_acquire")
+        release = _method(cls, "release")
+
+        @functools.wraps(acquire)
+        def _acquire(pool: Any, *args: Any, **kwargs: Any) -> Any:
+            # Pool.acquire() returns a PoolAcquireContext; both ``await pool.acquire()``
+            # and ``async with pool.acquire()`` create this coroutine from the caller's
+            # frame, so the stack taken here holds the acquiring call site.
+            coro = acquire(pool, *args, **kwargs)
+            if not tracker.active:
+                return coro
+            origin = capture_stack(skip=1)
+            plugin = _plugin_service.get()
+
+            async def tracked() -> Any:
+                proxy = await coro
+                holder = getattr(proxy, "_holder", None)
+                if tracker.active and holder is not None:
+                    tracker.checkout("asyncpg", pool, holder, origin, plugin=plugin,
+                                     token=id(proxy))
+                return proxy
+
+            return tracked()
+
+        @functools.wraps(release)
+        async def release_wrapper(pool: Any, connection: Any, *args: Any, **kwargs: Any) -> Any:
+            holder = getattr(connection, "_holder", None)
+            result = await release(pool, connection, *args, **kwargs)
+            if holder is not None:
+                tracker.checkin(holder)
+            return result
+
+        self._patch(("asyncpg.pool", "Pool._acquire"), cls, "_acquire", _acquire)
+        self._patch(("asyncpg.pool", "Pool.release"), cls, "release", release_wrapper)
+
+    def _wrap_psycopg_pool(self, cls: type, name: str, is_async: bool) -> None:
+        tracker = self
+        getconn = _method(cls, "getconn")
+        putconn = _method(cls, "putconn")
+
+        def note(pool: Any, conn: Any, origin: Origin, plugin: bool) -> None:
+            if tracker.active and conn is not None:
+                tracker.checkout("psycopg_pool", pool, conn, origin, plugin=plugin)
+
+        if is_async:
+            @functools.wraps(getconn)
+            async def agetconn(pool: Any, *args: Any, **kwargs: Any) -> Any:
+                origin = capture_stack(skip=1) if tracker.active else None
+                plugin = _plugin_service.get()
+                conn = await getconn(pool, *args, **kwargs)
+                if origin is not None:
+                    note(pool, conn, origin, plugin)
+                return conn
+
+            @functools.wraps(putconn)
+            async def aputconn(pool: Any, conn: Any, *args: Any, **kwargs: Any) -> Any:
+                result = await putconn(pool, conn, *args, **kwargs)
+                tracker.checkin(conn)
+                return result
+
+            get_wrapper: Any = agetconn
+            put_wrapper: Any = aputconn
+        else:
+            @functools.wraps(getconn)
+            def sgetconn(pool: Any, *args: Any, **kwargs: Any) -> Any:
+                origin = capture_stack(skip=1) if tracker.active else None
+                plugin = _plugin_service.get()
+                conn = getconn(pool, *args, **kwargs)
+                if origin is not None:
+                    note(pool, conn, origin, plugin)
+                return conn
+
+            @functools.wraps(putconn)
+            def sputconn(pool: Any, conn: Any, *args: Any, **kwargs: Any) -> Any:
+                result = putconn(pool, conn, *args, **kwargs)
+                tracker.checkin(conn)
+                return result
+
+            get_wrapper = sgetconn
+            put_wrapper = sputconn
+        self._patch(("psycopg_pool", name + ".getconn"), cls, "getconn", get_wrapper)
+        self._patch(("psycopg_pool", name + ".putconn"), cls, "putconn", put_wrapper)
+
+    def _listen_sqlalchemy(self) -> None:
+        pool_cls = getattr(sys.modules["sqlalchemy.pool"], "Pool", None)
+        event = sys.modules["sqlalchemy.event"]
+        if not isinstance(pool_cls, type) or not callable(getattr(event, "listen", None)):
+            return
+        tracker = self
+
+        def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            if not tracker.active:
+                return
+            pool = getattr(record, "_ConnectionRecord__pool", None)
+            if pool is None:
+                return
+            tracker.checkout("sqlalchemy", pool, record, capture_stack(skip=1),
+                             plugin=_plugin_service.get())
+
+        def on_checkin(dbapi_connection: Any, record: Any) -> None:
+            tracker.checkin(record)
+
+        try:
+            event.listen(pool_cls, "checkout", on_checkout)
+            self._listeners.append((pool_cls, "checkout", on_checkout))
+            event.listen(pool_cls, "checkin", on_checkin)
+            self._listeners.append((pool_cls, "checkin", on_checkin))
+        except Exception:
+            return
+
+
+def _method(cls: type, name: str) -> Any:
+    """The function behind *cls.name* (its own, or inherited)."""
+    return cls.__dict__[name] if name in cls.__dict__ else getattr(cls, name)
+
+
+@dataclass
+class Checkout:
+    """A connection taken from a pool while a check was active."""
+
+    library: str  # "asyncpg", "psycopg_pool", "sqlalchemy"
+    seq: int
+    origin: Origin
+    pool: Callable[[], object | None]
+    holder: Callable[[], object | None]  # the connection, or the pool's slot for it
+    token: int = 0  # asyncpg: id() of the proxy handed out (a slot is reused)
+    plugin: bool = False  # taken inside plugin_service() (a wider fixture set up lazily)
+    label: str = "pool"
+    returned: bool = False
+    lost: bool = False  # the connection object was collected without being returned
+
+    def outstanding(self) -> bool:
+        """Still out of a pool that is still open."""
+        if self.returned:
+            return False
+        pool = self.pool()
+        if pool is None or is_closed(pool) is True:
+            return False  # the pool is gone or closed: nothing is held from it
+        if self.lost:
+            return True  # psycopg: collected without putconn(), its slot is lost
+        holder = self.holder()
+        if holder is None:
+            return False
+        if self.library == "asyncpg":
+            # the pool's slot: in use, and still by the proxy handed out then
+            proxy = getattr(holder, "_proxy", None)
+            return getattr(holder, "_in_use", None) is not None and proxy is not None \
+                and id(proxy) == self.token
+        if self.library == "sqlalchemy":
+            # a pool entry checked in (or its fairy collected) drops its fairy reference
+            return getattr(holder, "fairy_ref", None) is not None
+        return True  # psycopg_pool: only putconn() (or closing the pool) gives it back
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """Size of a connection pool at snapshot time (``None``: not exposed)."""
+
+    label: str
+    size: int | None
+    idle: int | None
+    checked_out: int  # checkouts recorded by the tracker and still out
+
+    def describe(self) -> str:
+        if self.size is None:
+            return self.label
+        idle = f", {self.idle} idle" if self.idle is not None else ""
+        return f"{self.label} of {self.size}{idle}"
+
+
+def pool_label(pool: object) -> str:
+    module = type(pool).__module__.split(".")[0]
+    if module == "sqlalchemy":
+        return f"sqlalchemy {type(pool).__name__}"
+    if module == "psycopg_pool":
+        return f"psycopg_pool {type(pool).__name__}"
+    return f"{module} pool"
+
+
+def pool_state(pool: object, checked_out: int = 0) -> PoolState:
+    """Current size and idle count of an asyncpg, psycopg_pool or SQLAlchemy pool."""
+    size: int | None = None
+    idle: int | None = None
+    obj: Any = pool
+    with contextlib.suppress(Exception):
+        if callable(getattr(obj, "get_idle_size", None)):  # asyncpg
+            size, idle = int(obj.get_size()), int(obj.get_idle_size())
+        elif callable(getattr(obj, "get_stats", None)):  # psycopg_pool
+            stats = obj.get_stats()
+            size = int(stats.get("pool_size", 0))
+            idle = int(stats.get("pool_available", 0))
+        elif callable(getattr(obj, "checkedin", None)):  # sqlalchemy
+            idle = int(obj.checkedin())
+            size = idle + int(obj.checkedout())
+    return PoolState(pool_label(pool), size, idle, checked_out)
 
 
 tracker = Tracker()
@@ -875,6 +1174,9 @@ class Snapshot:
     seq: int
     taken_at: float
     pg: dict[int, PgBackend] | None = None
+    # pools the tracker knows (their connections were checked out during a check):
+    # id(pool) -> size, idle and recorded checkouts still out
+    pools: dict[int, PoolState] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Resource counts by kind (for growth checks à la ``python -m test -R``)."""
@@ -893,7 +1195,22 @@ class Snapshot:
                     counts[rec.kind] += 1
         if self.pg is not None:
             counts["db"] += len(self.pg)
+        counts["pool-checkout"] = sum(p.checked_out for p in self.pools.values())
         return counts
+
+
+def _pool_states() -> dict[int, PoolState]:
+    out: dict[int, int] = {}
+    pools: dict[int, object] = {}
+    for co in list(tracker.checkouts.values()):
+        pool = co.pool()
+        if pool is None:
+            continue
+        pools[id(pool)] = pool
+        out.setdefault(id(pool), 0)
+        if not co.plugin and co.outstanding():
+            out[id(pool)] += 1
+    return {key: pool_state(pools[key], n) for key, n in out.items()}
 
 
 def take_snapshot(pg: PgProbe | None = None) -> Snapshot:
@@ -913,6 +1230,7 @@ def take_snapshot(pg: PgProbe | None = None) -> Snapshot:
         seq=tracker.seq,
         taken_at=time.monotonic(),
         pg=pg_rows,
+        pools=_pool_states() if tracker.checkouts else {},
     )
 
 

@@ -146,6 +146,8 @@ def _bind(fn: Callable[..., Any], services: dict[str, ServiceHandle],
             continue
         if context and pname == "context":
             continue  # what target.setup yields, bound when the drive starts
+        if pname == "breaker" and pname not in args and "breaker" not in services:
+            continue  # a BreakerObserver, bound by _run when expect.breaker asks for it
         base = pname
         for suffix in ("_url", "_dsn", "_address"):
             if pname.endswith(suffix) and pname[: -len(suffix)] in services:
@@ -228,6 +230,10 @@ class _Faults:
                 service.proxy.disable()
                 enable: Callable[[], None] = service.proxy.enable
                 return enable
+            if step.fault == "fail_first":  # an engine extension, not a toxic
+                armed = service.proxy.fail_first(**step.attributes)
+                disarm: Callable[[], None] = armed.remove
+                return disarm
             attrs = step.attributes
             options = {k: attrs.pop(k) for k in ("stream", "toxicity", "name") if k in attrs}
             toxic = service.proxy.add_toxic(step.fault, attrs, **options)
@@ -538,6 +544,19 @@ def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: s
         return exc.verdict
 
 
+def _verdict_breaker(spec: Any, observer: Any) -> Verdict:
+    from pytest_resilience.verdicts.breaker import expect_transitions
+
+    tolerance: Any = spec.tolerance
+    if isinstance(tolerance, list):
+        tolerance = tuple(tolerance)
+    try:
+        return expect_transitions(observer, spec.states, opens_after=spec.opens_after,
+                                  recovery_timeout=spec.recovery_timeout, tolerance=tolerance)
+    except VerdictFailed as exc:
+        return exc.verdict
+
+
 def _verdict_timeout(spec: Any, calls: list[Call], clock: str) -> Verdict:
     from pytest_resilience.verdicts.core import Tolerance
 
@@ -779,6 +798,17 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
     else:
         fn = _http_target(scenario, services, request)
         kwargs = {}
+    observer = None
+    if scenario.expect.breaker is not None:
+        if scenario.target.call is None or "breaker" not in inspect.signature(fn).parameters:
+            raise ScenarioUsageError(
+                "expect.breaker judges the transitions the target reports: give target.call "
+                "a 'breaker' parameter (a BreakerObserver: call breaker.report(old, new) on "
+                "each state change and route calls through breaker.call/acall)")
+        from pytest_resilience.observe.breaker import BreakerObserver
+
+        observer = BreakerObserver(name="the target's breaker")
+        kwargs["breaker"] = observer
     factory: Callable[[], Any] | None = None
     if setup is not None:
         setup_fn = _import(setup, "target.setup")
@@ -830,6 +860,9 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
         verdicts.append(_verdict_timeout(expect.timeout, calls, scenario.clock))
     if expect.latency is not None:
         verdicts.append(_verdict_latency(expect.latency, calls))
+    if expect.breaker is not None:
+        assert observer is not None
+        verdicts.append(_verdict_breaker(expect.breaker, observer))
     if expect.loop_lag is not None:
         worst = lag[0] if lag else float("nan")
         site = sites[0] if sites else None
@@ -846,7 +879,7 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
             outcome=f"worst lag {fmt_s(worst)}" + (f" at {site}" if blocked and site else ""),
         ))
     for verdict in verdicts:
-        if verdict.kind != "backoff":  # expect_backoff collected its own
+        if verdict.kind not in ("backoff", "breaker"):  # their expect_* collected them
             collect(verdict)
     request.node.add_report_section("call", "fault timeline", timeline.text())
     attach(request.node, "fault-timeline",

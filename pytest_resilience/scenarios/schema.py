@@ -307,6 +307,18 @@ class Timeout(_Model):
     exc: str = "TimeoutError"
 
 
+class Breaker(_Model):
+    """The breaker's transitions, as the target reported them to its ``breaker``
+    parameter (a ``BreakerObserver`` the runner passes in)."""
+
+    states: list[str] = Field(min_length=1, description="the state sequence, from the "
+                              "initial state: [closed, open, half_open, closed]")
+    opens_after: int | None = Field(None, ge=1, description="consecutive failures that "
+                                    "open it")
+    recovery_timeout: Duration | None = Field(None, description="open -> half_open after")
+    tolerance: Duration | list[Duration] | None = None
+
+
 class Latency(_Model):
     p50: Duration | None = None
     p95: Duration | None = None
@@ -362,6 +374,7 @@ class Expect(_Model):
     backoff: Backoff | None = None
     attempts: Attempts | list[Attempts] | None = None
     timeout: Timeout | None = None
+    breaker: Breaker | None = None
     latency: Latency | None = None
     loop_lag: Duration | None = Field(
         None, description="async targets: the event loop is never blocked longer than this "
@@ -437,7 +450,7 @@ class Scenario(_Model):
             if "returns" in self.expect.model_fields_set or self.expect.raises is not None:
                 raise ValueError("a load run does not keep every call's value: use "
                                  "expect.error_rate instead of returns/raises")
-            for key in ("backoff", "timeout", "loop_lag"):
+            for key in ("backoff", "timeout", "loop_lag", "breaker"):
                 if getattr(self.expect, key) is not None:
                     raise ValueError(f"expect.{key} judges calls one after another, not a "
                                      "load run; check it in a separate scenario")
@@ -465,7 +478,7 @@ def known_keys() -> set[str]:
     """Every key the format knows (for 'did you mean' on unknown keys)."""
     keys: set[str] = set()
     for model in (Scenario, Service, Target, HttpTarget, FaultStep, Drive, Backoff,
-                  Attempts, Timeout, Latency, Expect, Drift, Sustained, StageLatency,
+                  Attempts, Timeout, Breaker, Latency, Expect, Drift, Sustained, StageLatency,
                   Amplification):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)

@@ -66,7 +66,13 @@ class RespxHub:
     """
 
     def __init__(self) -> None:
-        import respx
+        try:
+            import respx
+        except ImportError:
+            raise ConfigError(
+                "http_mock (and http_backends(mode='respx')) needs respx, which is not "
+                "installed: pip install 'pytest-resilience[respx]' (or use http_backend, "
+                "a real server on loopback, which needs nothing more)") from None
 
         class _Router(respx.MockRouter):
             async def aresolve(self, request: Any) -> Any:

@@ -27,6 +27,19 @@ Extension (namespaced so it cannot clash with Toxiproxy paths):
     "connected"}, ...]}}`` — connections currently open through each proxy.
 ``GET /x-resilience/info``
     engine name and version, the toxicity ``seed``, ``pid``, ``now``.
+``POST /x-resilience/proxies/{name}/fail_first`` with ``{"count": N, "mode": "reset"}``
+    arms the ``fail_first`` fault (toxiproxy#404): the next ``N`` new connections to the
+    proxy fail at once (``reset``: RST; ``close``: closed without a byte; the upstream is
+    never dialled), later ones pass. Arming again starts a new count. Answers the state.
+``GET /x-resilience/proxies/{name}/fail_first``
+    ``{"armed", "count", "mode", "failed", "remaining"}``: ``failed`` is how many
+    connections this arming has failed so far.
+``DELETE /x-resilience/proxies/{name}/fail_first``
+    disarms (idempotent) and answers the state it had, ``"armed": false``. ``POST /reset``
+    and deleting or replacing the proxy disarm it too.
+
+Each failed connection is logged as ``accepted``, ``fail_first`` (``mode``, ``nth``,
+``count``) and ``closed``. Toxiproxy's own endpoints never mention it.
 """
 
 from __future__ import annotations
@@ -39,6 +52,8 @@ import posixpath
 import time
 from typing import Any
 
+from pytest_resilience import faults
+from pytest_resilience.errors import ConfigError
 from pytest_resilience.faults import STREAM
 from pytest_resilience.toxiproxy.events import EventLog
 from pytest_resilience.toxiproxy.gojson import (
@@ -50,6 +65,8 @@ from pytest_resilience.toxiproxy.gojson import (
 )
 from pytest_resilience.toxiproxy.http import Request, Response
 from pytest_resilience.toxiproxy.proxy import (
+    FAIL_FIRST_DISARMED,
+    FailFirst,
     ListenError,
     Proxy,
     ProxyCollection,
@@ -220,6 +237,12 @@ class Api:
                 return {"GET": self.x_connections}
             if s[1] == "info":
                 return {"GET": self.x_info}
+        elif n == 4 and s[0] == "x-resilience" and s[1] == "proxies" and s[3] == "fail_first":
+            return {
+                "GET": self.x_fail_first_show,
+                "POST": self.x_fail_first_arm,
+                "DELETE": self.x_fail_first_disarm,
+            }
         elif n == 3 and s[0] == "proxies" and s[2] == "toxics":
             return {"GET": self.toxic_index, "POST": self.toxic_create}
         elif n == 4 and s[0] == "proxies" and s[2] == "toxics":
@@ -424,6 +447,7 @@ class Api:
         for proxy in self.collection.sorted():
             await proxy.start()
             proxy.reset_toxics()
+            proxy.fail_first = None
         return Response(204)
 
     async def metrics(self, request: Request, *_: str) -> Response:
@@ -492,6 +516,45 @@ class Api:
         if wanted is not None and wanted not in result:
             raise ApiError(404, "proxy not found")
         return json_response({"proxies": result, "now": time.monotonic()})
+
+    @staticmethod
+    def _fail_first_state(proxy: Proxy) -> dict[str, Any]:
+        armed = proxy.fail_first
+        state = dict(FAIL_FIRST_DISARMED) if armed is None else armed.to_json()
+        return {"proxy": proxy.name, **state}
+
+    async def x_fail_first_show(
+        self, request: Request, _: str, __: str, name: str, ___: str
+    ) -> Response:
+        return json_response(self._fail_first_state(self.collection.get(name)))
+
+    async def x_fail_first_arm(
+        self, request: Request, _: str, __: str, name: str, ___: str
+    ) -> Response:
+        proxy = self.collection.get(name)
+        data = decode_body(request.body)
+        if not isinstance(data, dict):
+            raise ApiError(
+                400, 'fail_first: the body must be a JSON object like {"count": 3, "mode": '
+                f'"reset"}}, got {json_kind(data)}',
+            )
+        try:
+            values = faults.check_attributes("fail_first", data, options=False)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc)) from None
+        mode = values.get("mode", faults.with_defaults("fail_first")["mode"])
+        proxy.fail_first = FailFirst(values["count"], mode)
+        log.info("Armed fail_first proxy=%s count=%d mode=%s", proxy.name, values["count"], mode)
+        return json_response(self._fail_first_state(proxy))
+
+    async def x_fail_first_disarm(
+        self, request: Request, _: str, __: str, name: str, ___: str
+    ) -> Response:
+        proxy = self.collection.get(name)
+        state = self._fail_first_state(proxy)
+        state["armed"] = False
+        proxy.fail_first = None
+        return json_response(state)
 
     async def x_info(self, request: Request, *_: str) -> Response:
         return json_response(

@@ -47,6 +47,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncDown",
+    "AsyncFailFirst",
     "AsyncProxy",
     "AsyncToxic",
     "BadRequest",
@@ -56,6 +57,9 @@ __all__ = [
     "Down",
     "Event",
     "ExtensionUnsupported",
+    "FailFirst",
+    "FailFirstState",
+    "NeedsBuiltinEngine",
     "NotFound",
     "Proxy",
     "ProxySpec",
@@ -190,6 +194,12 @@ class ExtensionUnsupported(ToxiproxyError):
     """The server lacks a pytest-resilience extension (it is a real toxiproxy-server)."""
 
 
+class NeedsBuiltinEngine(ExtensionUnsupported, ConfigError):
+    """A fault only the built-in engine runs (``fail_first``) was asked of another server
+    (a real toxiproxy-server answers 404 to its ``/x-resilience/...`` endpoint). Both an
+    :class:`ExtensionUnsupported` and a :class:`~pytest_resilience.errors.ConfigError`."""
+
+
 class ToxiproxyUnreachable(ToxiproxyError, ServiceError):
     """The Toxiproxy API could not be reached at all."""
 
@@ -279,6 +289,11 @@ def _check_toxicity(value: object) -> float:
 
 def _check_type(value: object) -> str:
     types = faults.toxic_types()
+    if value == "fail_first":
+        raise ConfigError(
+            "'fail_first' is not a Toxiproxy toxic but a fault of the built-in engine: use "
+            "proxy.fail_first(count, mode='reset'|'close')"
+        )
     if not isinstance(value, str) or value not in types:
         raise ConfigError(
             f"'type' must be one of {', '.join(types)} (a toxic type), got {value!r}"
@@ -449,6 +464,99 @@ class AsyncToxic(_ToxicData):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.remove()
+
+
+@dataclass(frozen=True)
+class FailFirstState:
+    """The ``fail_first`` fault of a proxy (``GET /x-resilience/proxies/{p}/fail_first``).
+
+    ``failed``: connections failed by this arming so far; ``remaining``: how many more
+    will fail; ``armed``: False once disarmed (the numbers are then those it ended with).
+    """
+
+    proxy: str
+    armed: bool
+    count: int
+    mode: str | None
+    failed: int
+    remaining: int
+
+
+def _fail_first_args(count: int, mode: str) -> dict[str, Any]:
+    """The ``fail_first`` body, checked by :mod:`pytest_resilience.faults`."""
+    return faults.check_attributes("fail_first", {"count": count, "mode": mode},
+                                   options=False, label="fail_first")
+
+
+@user_facing
+class FailFirst:
+    """An armed ``fail_first`` fault (built-in engine only): the next ``count`` new
+    connections to the proxy fail, later ones pass. A context manager: leaving the block
+    disarms it. :meth:`state` tells how many have failed so far."""
+
+    def __init__(self, proxy: Proxy, state: FailFirstState) -> None:
+        self.proxy = proxy
+        #: the state when it was armed
+        self.armed = state
+
+    def __repr__(self) -> str:
+        return (f"FailFirst(proxy={self.proxy.name!r}, count={self.armed.count}, "
+                f"mode={self.armed.mode!r})")
+
+    def state(self) -> FailFirstState:
+        """The current state (``failed``, ``remaining``...), read from the engine."""
+        return self.proxy.client.fail_first_state(self.proxy.name)
+
+    def failed(self) -> int:
+        """How many connections this arming has failed so far."""
+        return self.state().failed
+
+    def disarm(self) -> FailFirstState | None:
+        """Disarm: new connections pass again. Returns the state it ended with (``failed``
+        counts this arming's failures); idempotent; a deleted proxy is ignored (``None``)."""
+        try:
+            return self.proxy.client.disarm_fail_first(self.proxy.name)
+        except NotFound:
+            return None
+
+    def remove(self) -> None:
+        """Disarm (as :meth:`disarm`, like ``Toxic.remove()``)."""
+        self.disarm()
+
+    def __enter__(self) -> FailFirst:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+@user_facing
+class AsyncFailFirst:
+    """An armed ``fail_first`` fault, for :class:`AsyncProxy` (awaited methods)."""
+
+    def __init__(self, proxy: AsyncProxy, state: FailFirstState) -> None:
+        self.proxy = proxy
+        self.armed = state
+
+    def __repr__(self) -> str:
+        return (f"AsyncFailFirst(proxy={self.proxy.name!r}, count={self.armed.count}, "
+                f"mode={self.armed.mode!r})")
+
+    async def state(self) -> FailFirstState:
+        return await self.proxy.client.fail_first_state(self.proxy.name)
+
+    async def failed(self) -> int:
+        return (await self.state()).failed
+
+    async def disarm(self) -> FailFirstState | None:
+        """Disarm; returns the state it ended with. Idempotent; a deleted proxy is ignored."""
+        try:
+            return await self.proxy.client.disarm_fail_first(self.proxy.name)
+        except NotFound:
+            return None
+
+    async def remove(self) -> None:
+        await self.disarm()
 
 
 @user_facing
@@ -645,6 +753,17 @@ class Proxy(_ProxyData):
         self.disable()
         return Down(self)
 
+    def fail_first(self, count: int, mode: str = "reset") -> FailFirst:
+        """Make the next ``count`` new connections fail at once, then let them through
+        (toxiproxy#404). ``mode``: ``"reset"`` (RST: ``ConnectionResetError``) or
+        ``"close"`` (closed without a byte: EOF). Arming again starts a new count.
+        Built-in engine only: :class:`NeedsBuiltinEngine` (a ``ConfigError``) elsewhere."""
+        return self.client.arm_fail_first(self.name, count, mode, handle=self)
+
+    def fail_first_state(self) -> FailFirstState:
+        """The proxy's ``fail_first`` state (built-in engine only)."""
+        return self.client.fail_first_state(self.name)
+
     def latency(self, ms: int, jitter: int = 0, *, stream: str = "downstream",
                 toxicity: float = 1.0, name: str | None = None) -> Toxic:
         """Delay every chunk by ``ms`` ± ``jitter`` milliseconds."""
@@ -760,6 +879,22 @@ class AsyncProxy(_ProxyData):
 
         return _AsyncFault(apply, remove)
 
+    def fail_first(self, count: int, mode: str = "reset") -> _AsyncFault[AsyncFailFirst]:
+        """The next ``count`` new connections fail (see :meth:`Proxy.fail_first`); await
+        it, or ``async with`` it (disarmed at the end of the block)."""
+        _fail_first_args(count, mode)  # misuse raises at the call site, not at the await
+
+        async def apply() -> AsyncFailFirst:
+            return await self.client.arm_fail_first(self.name, count, mode, handle=self)
+
+        async def remove(armed: AsyncFailFirst) -> None:
+            await armed.remove()
+
+        return _AsyncFault(apply, remove)
+
+    async def fail_first_state(self) -> FailFirstState:
+        return await self.client.fail_first_state(self.name)
+
     def _fault(self, type: str, attributes: dict[str, int], stream: str, toxicity: float,
                name: str | None) -> _AsyncFault[AsyncToxic]:
         # Validate now, so misuse raises at the call site, not at the await.
@@ -817,6 +952,8 @@ class _Call(Generic[_T]):
     parse: Callable[[httpx.Response], _T]
     body: Any = None
     extension: bool = False
+    #: what the user called, for :class:`NeedsBuiltinEngine` (an engine-only fault)
+    needs_engine: str = ""
 
 
 def _quote(name: str) -> str:
@@ -980,11 +1117,38 @@ class _Base:
 
         return _Call("GET", path, parse, extension=True)
 
+    def _fail_first_path(self, proxy: str) -> str:
+        return f"{_EXTENSION_PREFIX}/proxies/{_quote(self.server_name(proxy))}/fail_first"
+
+    def _fail_first_call(self, method: str, proxy: str,
+                         body: Any = None) -> _Call[FailFirstState]:
+        def parse(r: httpx.Response) -> FailFirstState:
+            data = _json(r)
+            mode = data.get("mode")
+            return FailFirstState(
+                proxy=proxy, armed=bool(data.get("armed")), count=int(data.get("count", 0)),
+                mode=str(mode) if mode is not None else None,
+                failed=int(data.get("failed", 0)), remaining=int(data.get("remaining", 0)),
+            )
+
+        what = {"POST": "fail_first()", "GET": "fail_first_state()"}.get(method,
+                                                                        "disarming fail_first")
+        return _Call(method, self._fail_first_path(proxy), parse, body, extension=True,
+                     needs_engine=f"{what} (proxy {proxy!r})")
+
     def _check_response(self, call: _Call[Any], response: httpx.Response) -> None:
         if response.status_code < 400:
             return
         unknown_path = response.status_code == 405 or (
             response.status_code == 404 and response.text.strip() == "404 page not found")
+        if call.extension and unknown_path and call.needs_engine:
+            raise NeedsBuiltinEngine(
+                f"{call.needs_engine} needs the built-in engine of pytest-resilience "
+                f"(--resilience-toxiproxy=builtin): this server answers "
+                f"{response.status_code} to {call.path.split('?')[0]}, an extension a real "
+                "toxiproxy-server does not have",
+                status=response.status_code, method=call.method, url=str(response.request.url),
+            )
         if call.extension and unknown_path:
             raise ExtensionUnsupported(
                 f"{call.path.split('?')[0]} is an extension of the pytest-resilience built-in "
@@ -1205,6 +1369,21 @@ class Client(_Base):
         """The built-in engine's live connections (extension)."""
         return self._run(self._connections_call(proxy))
 
+    def arm_fail_first(self, proxy: str, count: int, mode: str = "reset", *,
+                       handle: Proxy | None = None) -> FailFirst:
+        """Arm ``fail_first`` on ``proxy`` (see :meth:`Proxy.fail_first`)."""
+        body = _fail_first_args(count, mode)
+        state = self._run(self._fail_first_call("POST", proxy, body))
+        return FailFirst(handle if handle is not None else self.get_proxy(proxy), state)
+
+    def fail_first_state(self, proxy: str) -> FailFirstState:
+        """The ``fail_first`` state of ``proxy`` (built-in engine only)."""
+        return self._run(self._fail_first_call("GET", proxy))
+
+    def disarm_fail_first(self, proxy: str) -> FailFirstState:
+        """Disarm ``fail_first`` on ``proxy``; returns the state it ended with."""
+        return self._run(self._fail_first_call("DELETE", proxy))
+
 
 @user_facing
 class AsyncClient(_Base):
@@ -1356,3 +1535,16 @@ class AsyncClient(_Base):
 
     async def connections(self, proxy: str | None = None) -> list[Connection]:
         return await self._run(self._connections_call(proxy))
+
+    async def arm_fail_first(self, proxy: str, count: int, mode: str = "reset", *,
+                             handle: AsyncProxy | None = None) -> AsyncFailFirst:
+        body = _fail_first_args(count, mode)
+        state = await self._run(self._fail_first_call("POST", proxy, body))
+        return AsyncFailFirst(handle if handle is not None else await self.get_proxy(proxy),
+                              state)
+
+    async def fail_first_state(self, proxy: str) -> FailFirstState:
+        return await self._run(self._fail_first_call("GET", proxy))
+
+    async def disarm_fail_first(self, proxy: str) -> FailFirstState:
+        return await self._run(self._fail_first_call("DELETE", proxy))

@@ -34,7 +34,7 @@ from pytest_resilience.toxiproxy.toxics import (
 if TYPE_CHECKING:
     from pytest_resilience.toxiproxy.proxy import Proxy
 
-__all__ = ["ClientSide", "Connection", "Link", "Sink", "UpstreamSide"]
+__all__ = ["ClientSide", "Connection", "Link", "Sink", "UpstreamSide", "fail_connection"]
 
 log = logging.getLogger("pytest_resilience.toxiproxy")
 
@@ -473,6 +473,10 @@ class ClientSide(_Side):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # uvloop transports are not asyncio.Transport subclasses, but quack alike.
         transport = cast("asyncio.Transport", base)
+        failure = self.proxy.take_failure()
+        if failure is not None:
+            fail_connection(self.proxy, transport, *failure)
+            return
         _tune_socket(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self.conn = Connection(self.proxy, transport)
@@ -485,6 +489,37 @@ class ClientSide(_Side):
 
     def resume_writing(self) -> None:
         self.conn.down.set_writer_paused(False)
+
+
+class _Discard(asyncio.Protocol):
+    """Protocol of a connection failed by ``fail_first``: whatever still arrives is dropped."""
+
+
+def fail_connection(
+    proxy: Proxy, transport: asyncio.Transport, mode: str, nth: int, count: int
+) -> None:
+    """Fail a just-accepted connection for ``fail_first`` (the upstream is never dialled):
+    ``reset`` sends RST at once, ``close`` closes it without a byte (FIN; the kernel sends
+    RST instead if the client's first bytes have already arrived)."""
+    conn_id = proxy.engine_next_conn_id()
+    index = proxy.next_index()
+    peer = transport.get_extra_info("peername")
+    client, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+    transport.set_protocol(_Discard())
+    if mode == "reset":
+        _tune_socket(transport, linger0=True)
+        transport.abort()
+    else:
+        transport.close()
+    events = proxy.events
+    events.record(proxy.name, conn_id, "accepted", client=client, client_port=port, index=index)
+    events.record(proxy.name, conn_id, "fail_first", mode=mode, nth=nth, count=count)
+    events.record(proxy.name, conn_id, "closed", reason=f"fail_first {mode} ({nth} of {count})",
+                  bytes_up=0, bytes_down=0)
+    log.info(
+        "Failed new connection (fail_first %d of %d, %s) name=%s client=%s:%d",
+        nth, count, mode, proxy.name, client, port,
+    )
 
 
 class UpstreamSide(_Side):

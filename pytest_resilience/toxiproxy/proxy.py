@@ -23,7 +23,7 @@ from pytest_resilience.toxiproxy.toxics import ToxicConfig
 if TYPE_CHECKING:
     from pytest_resilience.toxiproxy.link import Connection
 
-__all__ = ["Proxy", "ProxyCollection", "resolve_listen", "split_host_port"]
+__all__ = ["FailFirst", "Proxy", "ProxyCollection", "resolve_listen", "split_host_port"]
 
 log = logging.getLogger("pytest_resilience.toxiproxy")
 
@@ -170,6 +170,33 @@ def _bind(host: str, port: int, shown: str) -> socket.socket:
     return sock
 
 
+class FailFirst:
+    """One arming of the ``fail_first`` extension: the next ``count`` new connections
+    fail (``mode``: ``reset`` or ``close``); ``failed`` counts those failed so far."""
+
+    __slots__ = ("count", "failed", "mode")
+
+    def __init__(self, count: int, mode: str) -> None:
+        self.count = count
+        self.mode = mode
+        self.failed = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "armed": True,
+            "count": self.count,
+            "mode": self.mode,
+            "failed": self.failed,
+            "remaining": self.count - self.failed,
+        }
+
+
+#: ``GET .../fail_first`` of a proxy with nothing armed.
+FAIL_FIRST_DISARMED: dict[str, Any] = {
+    "armed": False, "count": 0, "mode": None, "failed": 0, "remaining": 0,
+}
+
+
 class Proxy:
     def __init__(
         self, collection: ProxyCollection, name: str, listen: str, upstream: str
@@ -187,6 +214,8 @@ class Proxy:
         self.server: asyncio.AbstractServer | None = None
         self._index = 0
         self._upstream_addr: tuple[str, tuple[str, int | None]] | None = None
+        #: the armed ``fail_first`` extension fault, if any
+        self.fail_first: FailFirst | None = None
 
     # -- helpers used by connections ----------------------------------------------
     def engine_next_conn_id(self) -> int:
@@ -212,6 +241,15 @@ class Proxy:
         value = (host, port)
         self._upstream_addr = (self.upstream, value)
         return value
+
+    def take_failure(self) -> tuple[str, int, int] | None:
+        """For a new connection: ``(mode, nth, count)`` if ``fail_first`` fails it (and
+        counts it), else ``None``."""
+        armed = self.fail_first
+        if armed is None or armed.failed >= armed.count:
+            return None
+        armed.failed += 1
+        return armed.mode, armed.failed, armed.count
 
     def connection_opened(self, conn: Connection) -> None:
         self.connections[conn.id] = conn

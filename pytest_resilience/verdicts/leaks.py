@@ -38,7 +38,11 @@ False-positive rules (a resource is *not* a leak when...):
    by client port; unix sockets by count), so sessions of other xdist workers
    and sessions still shutting down after a clean ``close()`` are never blamed;
 9. the test itself failed (or xfailed): its traceback keeps its locals alive,
-   so the verdict is attached to the report but not raised.
+   so the verdict is attached to the report but not raised;
+10. a pool checkout (kind ``pool-checkout``) counts only if it was taken inside the
+   window, from a pool that is still open at its end, and was not returned: a
+   connection checked out before the test (a session fixture's) and returned
+   during it, and every checkout of a pool the test closes, are never blamed.
 
 Threads and sockets get a bounded settle time (``SETTLE_SECONDS``, spent only
 when something looks leaked) to finish closing before they are called leaked.
@@ -63,6 +67,7 @@ from pytest_resilience.observe import resources as r
 from pytest_resilience.verdicts.core import Verdict
 
 __all__ = [
+    "IMPLIED_KINDS",
     "KINDS",
     "CapturedWarning",
     "Leak",
@@ -76,13 +81,19 @@ __all__ = [
 ]
 
 #: Every resource kind a leak check knows, in report order.
-KINDS = ("session", "db", "task", "thread", "process", "socket", "file", "pipe", "fd")
+KINDS = ("session", "db", "pool-checkout", "task", "thread", "process", "socket", "file",
+         "pipe", "fd")
+
+#: Asking for a kind also checks these (a pool checkout is a DB connection held).
+IMPLIED_KINDS: Mapping[str, tuple[str, ...]] = {"db": ("pool-checkout",)}
 
 README = "see the 'Leak checks' section of the pytest-resilience README"
 
 _KIND_HELP = {
     "session": "HTTP client sessions (aiohttp ClientSession/connectors, httpx Client/AsyncClient)",
     "db": "database connections and pools (asyncpg, psycopg) and Postgres server sessions",
+    "pool-checkout": "connections checked out of a pool (asyncpg, psycopg_pool, SQLAlchemy) "
+                     "and never returned",
     "task": "asyncio tasks still pending",
     "thread": "threads still running",
     "process": "child processes still running",
@@ -132,6 +143,8 @@ class LeakOptions:
                         f"{where}: unknown leak kind {kind!r} in kinds=; "
                         f"valid kinds: {valid} ({README})"
                     )
+            for kind in list(chosen_list):
+                chosen_list.extend(IMPLIED_KINDS.get(kind, ()))
             chosen = frozenset(chosen_list)
         allowed: dict[str, int] = {}
         if allow is not None:
@@ -640,6 +653,10 @@ def diff(
         found.append(Leak("db", "Postgres server session still open at the end of the test",
                           match.origin if match is not None else None, tuple(details_list)))
 
+    # -- connections checked out of a pool and never returned (rule 10)
+    if "pool-checkout" in kinds:
+        found.extend(pool_checkout_leaks(before.seq))
+
     # -- pending tasks
     if "task" in kinds:
         found.extend(obs.closed_loop_leaks)
@@ -801,6 +818,30 @@ def diff(
     order = {k: i for i, k in enumerate(KINDS)}
     counted.sort(key=lambda x: order.get(x.kind, len(KINDS)))
     return LeakVerdict(tuple(counted), tuple(tolerated), kinds, warmed=tuple(warmed))
+
+
+def pool_checkout_leaks(since_seq: int) -> list[Leak]:
+    """One leak per connection checked out of a still-open pool after *since_seq* and
+    not returned, named with the pool's size and idle count and the acquiring call site."""
+    leaks: list[Leak] = []
+    for co in sorted(r.tracker.outstanding_checkouts(since_seq), key=lambda c: c.seq):
+        if co.plugin:
+            continue  # taken by a wider-scoped fixture set up lazily inside the window
+        pool = co.pool()
+        if pool is None:
+            continue
+        state = r.pool_state(pool)
+        details: tuple[str, ...] = ()
+        if co.lost:
+            details = ("the connection object was garbage-collected without being returned; "
+                       "the pool never gets it back",)
+        leaks.append(Leak(
+            "pool-checkout",
+            f"1 pool connection checked out and never returned ({state.describe()}): "
+            f"acquired at {co.origin.headline()}",
+            co.origin, details,
+        ))
+    return leaks
 
 
 def _ignored(leak: Leak, rules: tuple[IgnoreRule, ...]) -> IgnoreRule | None:

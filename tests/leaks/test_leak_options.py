@@ -33,8 +33,9 @@ def test_bad():
     result.fnmatch_lines([
         "*ERROR at setup of test_bad*",
         "E*pytest_resilience.errors.ConfigError: test_bad.py::test_bad: no_leaks: unknown "
-        "leak kind 'sockets' in kinds=; valid kinds: session, db, task, thread, process, "
-        "socket, file, pipe, fd (see the 'Leak checks' section of the pytest-resilience README)",
+        "leak kind 'sockets' in kinds=; valid kinds: session, db, pool-checkout, task, thread, "
+        "process, socket, file, pipe, fd (see the 'Leak checks' section of the "
+        "pytest-resilience README)",
     ])
     assert "INTERNALERROR" not in result.text
 

@@ -17,7 +17,8 @@ def test_options_defaults_and_validation() -> None:
     assert v.LeakOptions.build().kinds == frozenset(v.KINDS)
     assert v.LeakOptions.build("thread").kinds == frozenset({"thread"})
     with pytest.raises(ConfigError, match=r"unknown leak kind 'sockets' in kinds=; valid kinds: "
-                                          r"session, db, task, thread, process, socket"):
+                                          r"session, db, pool-checkout, task, thread, "
+                                          r"process, socket"):
         v.LeakOptions.build(["sockets"])
     with pytest.raises(ConfigError, match=r"allow= must be a mapping"):
         v.LeakOptions.build(allow=3)  # type: ignore[arg-type]
