@@ -12,7 +12,7 @@ A fault *spec* is a mapping ``{"fault": NAME, ATTRIBUTE: VALUE, ...}``::
     {"fault": "status", "status": 503, "times": 3}
     {"fault": "reset", "delay": "50ms"}
 
-Two layers:
+Three layers:
 
 * **network** (``NETWORK_FAULTS``): the Toxiproxy toxics (``latency``,
   ``bandwidth``, ``slow_close``, ``timeout``, ``reset_peer``, ``slicer``,
@@ -28,6 +28,10 @@ Two layers:
   e.g. ``"429 retry-after=2 delay=1s"``) or one of the socket faults ``empty``,
   ``malformed``, ``truncated``, ``garbage``, ``reset``, ``hang``. Their option
   is ``times`` (``3``, or ``"forever"``).
+* **postgres** (``POSTGRES_FAULTS``): the faults of the Postgres-protocol stage
+  (``pytest_resilience.pgwire``): ``sqlstate`` (the server raises an ERROR),
+  ``fatal``, ``refuse_startup`` and ``cut_mid_response``, on the statements that
+  ``match`` (``nth``, ``times``, ``probability``, ``seed``).
 
 :func:`validate` checks a spec and raises
 :class:`~pytest_resilience.errors.ConfigError` naming the fault, the attribute,
@@ -57,6 +61,7 @@ __all__ = [
     "FAIL_FIRST_MODES",
     "HTTP_FAULTS",
     "NETWORK_FAULTS",
+    "POSTGRES_FAULTS",
     "STREAM",
     "TIMES",
     "TOXICITY",
@@ -90,7 +95,7 @@ __all__ = [
     "with_defaults",
 ]
 
-Layer = Literal["network", "http"]
+Layer = Literal["network", "http", "postgres"]
 #: How an attribute's value is written and checked.
 ValueType = Literal[
     "integer", "number", "string", "any", "body", "headers",
@@ -647,13 +652,56 @@ HTTP_FAULTS: dict[str, FaultDef] = {f.name: f for f in (
     _socket("hang", "never answer; the connection stays open until the client gives up"),
 )}
 
+_SQLSTATE = Attribute("code", "string", "the SQLSTATE: 5 digits or upper-case letters",
+                     pattern=r"[0-9A-Z]{5}", required=True,
+                     rule="a 5-character SQLSTATE such as 40001")
+_PG_MATCH = Attribute("match", "string", "a regular expression searched in the statement "
+                      "text (the Parse text for prepared statements); omitted: every statement")
+_PG_NTH = Attribute("nth", "integer", "fire from the nth matching execution on (counted per "
+                    "proxy, across connections)", minimum=1, rule="a positive integer")
+_PG_TIMES = Attribute("times", "integer", "how many times it fires (default: once with nth, "
+                      "else every match)", minimum=1, rule="a positive integer")
+_PG_PROBABILITY = Attribute("probability", "number", "probability that a matching execution "
+                            "fires", default=1.0, minimum=0, maximum=1,
+                            rule="a number from 0 to 1")
+_PG_SEED = Attribute("seed", "integer", "seed of the probability draws")
+_PG_SELECT = (_PG_MATCH, _PG_NTH, _PG_TIMES, _PG_PROBABILITY, _PG_SEED)
+
+#: The Postgres-protocol faults of the fault stage (``pytest_resilience.pgwire``), by name.
+POSTGRES_FAULTS: dict[str, FaultDef] = {f.name: f for f in (
+    FaultDef("sqlstate", "postgres", "the server raises an ERROR with this SQLSTATE instead "
+             "of running a matching statement (at COMMIT the transaction ends)",
+             (_SQLSTATE, Attribute("message", "string", "text added to the error message"),
+              *_PG_SELECT), example={"code": "40001", "match": "UPDATE accounts", "nth": 3}),
+    FaultDef("fatal", "postgres", "a FATAL error (57P01 admin shutdown by default) instead of "
+             "a matching statement's response, then the connection is closed",
+             (Attribute("code", "string", "the SQLSTATE", default="57P01",
+                        pattern=r"[0-9A-Z]{5}", rule="a 5-character SQLSTATE such as 57P01"),
+              *_PG_SELECT), example={"code": "57P01", "match": "SELECT"}),
+    FaultDef("refuse_startup", "postgres", "the next n connections are refused at startup "
+             "with a FATAL (53300 too many connections by default)",
+             (Attribute("n", "integer", "how many connections are refused", "connections",
+                        default=1, minimum=1, rule="a positive integer"),
+              Attribute("code", "string", "the SQLSTATE", default="53300",
+                        pattern=r"[0-9A-Z]{5}", rule="a 5-character SQLSTATE such as 53300")),
+             example={"n": 2}),
+    FaultDef("cut_mid_response", "postgres", "part of a matching statement's response is "
+             "forwarded, then the connection is closed (08006 connection failure)",
+             (Attribute("after_messages", "integer", "whole response messages forwarded "
+                        "before the cut (then half of the next)", "messages", default=1,
+                        minimum=0), *_PG_SELECT),
+             example={"match": "FROM big_table", "after_messages": 2}),
+)}
+
 _REGISTRIES: dict[Layer, dict[str, FaultDef]] = {"network": NETWORK_FAULTS,
-                                                 "http": HTTP_FAULTS}
+                                                 "http": HTTP_FAULTS,
+                                                 "postgres": POSTGRES_FAULTS}
 
 
 def names(layer: Layer | None = None) -> tuple[str, ...]:
-    """Every fault name (of one layer), network faults first."""
-    layers: tuple[Layer, ...] = (layer,) if layer is not None else ("network", "http")
+    """Every fault name (of one layer): network, then HTTP, then Postgres faults."""
+    layers: tuple[Layer, ...] = (layer,) if layer is not None else (
+        "network", "http", "postgres")
     return tuple(name for lay in layers for name in _REGISTRIES[lay])
 
 
@@ -699,8 +747,8 @@ def register(fault: FaultDef) -> FaultDef:
     if fault.name in names():
         raise ConfigError(f"a fault named {fault.name!r} exists already")
     if fault.layer not in _REGISTRIES:
-        raise ConfigError(f"fault {fault.name!r}: layer must be network or http, got "
-                          f"{fault.layer!r}")
+        raise ConfigError(f"fault {fault.name!r}: layer must be network, http or postgres, "
+                          f"got {fault.layer!r}")
     _REGISTRIES[fault.layer][fault.name] = fault
     return fault
 

@@ -23,6 +23,7 @@ pytest_plugins = [
     "pytest_resilience.fixtures.clock",
     "pytest_resilience.fixtures.leaks",
     "pytest_resilience.fixtures.soak",
+    "pytest_resilience.fixtures.pgwire",
     "pytest_resilience.report.plugin",
     "pytest_resilience.scenarios.plugin",
 ]

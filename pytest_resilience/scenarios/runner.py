@@ -46,6 +46,7 @@ class ServiceHandle:
     address: str
     proxy: Any = None  # a client Proxy when the service is behind one
     backend: Any = None  # the HttpBackend
+    stage: Any = None  # the pg_fault stage (Postgres-protocol faults)
 
 
 @dataclass
@@ -107,7 +108,8 @@ def _needs_proxy(scenario: Scenario, name: str, kind: str) -> bool:
         return spec.proxy
     if kind in ("postgres", "tcp"):
         return True
-    return any(step.on == name and not step.http for step in scenario.faults)
+    return any(step.on == name and not step.http and not step.postgres
+               for step in scenario.faults)
 
 
 def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[str, ServiceHandle]:
@@ -118,8 +120,12 @@ def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[
                 raise ScenarioUsageError(
                     f"services.{name}: give 'routes' (an HTTP backend) or 'tcp' (host:port); "
                     "only the service named 'postgres' needs nothing")
-            proxy = request.getfixturevalue("pg_proxy")
-            handles[name] = ServiceHandle(name, "postgres", proxy.dsn, proxy=proxy)
+            if any(step.on == name and step.postgres for step in scenario.faults):
+                stage = request.getfixturevalue("pg_fault")  # protocol faults: the stage
+                handles[name] = ServiceHandle(name, "postgres", stage.dsn, stage=stage)
+            else:
+                proxy = request.getfixturevalue("pg_proxy")
+                handles[name] = ServiceHandle(name, "postgres", proxy.dsn, proxy=proxy)
         elif spec is not None and spec.routes is not None:
             backends = request.getfixturevalue("http_backends")
             backend = backends(spec.routes, name=name, seed=scenario.seed,
@@ -215,6 +221,10 @@ class _Faults:
     def _applier(self, index: int, step: FaultStep) -> Callable[[], Callable[[], None]]:
         def apply() -> Callable[[], None]:
             service = self.services[step.on]
+            if step.postgres:
+                rule = getattr(service.stage, str(step.fault))(**step.attributes)
+                disarm_rule: Callable[[], None] = rule.disarm
+                return disarm_rule
             if step.http:
                 if service.backend is None:
                     raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not an HTTP "

@@ -195,6 +195,15 @@ class FaultStep(BaseModel):
             hint = suggest(self.fault, faults.names())
             raise ValueError(f"unknown fault {self.fault!r}{hint}; known: "
                              f"{', '.join(faults.names())}") from None
+        if fault.layer == "postgres":
+            if self.route is not None:
+                raise ValueError(f"'route' goes with HTTP faults; {self.fault!r} is a "
+                                 "Postgres-protocol fault (use 'match' for statements)")
+            try:
+                faults.validate(self.fault, **attributes)
+            except Exception as exc:
+                raise ValueError(str(exc)) from None
+            return self
         if self.route is not None and fault.layer != "http":
             raise ValueError(f"'route' goes with HTTP faults and scripts; {self.fault!r} is a "
                              "network fault on the whole service")
@@ -216,6 +225,11 @@ class FaultStep(BaseModel):
     @property
     def attributes(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def postgres(self) -> bool:
+        """A step on the Postgres protocol (the ``pg_fault`` stage), not on a proxy."""
+        return self.fault is not None and faults.get(self.fault).layer == "postgres"
 
     @property
     def http(self) -> bool:
@@ -408,6 +422,9 @@ class Scenario(_Model):
                 raise ValueError(f"faults[{i}].on: no service {step.on!r}"
                                  f"{suggest(step.on, names)}; services: {sorted(names)}")
             spec = self.services.get(step.on)
+            if step.postgres and step.on != "postgres":
+                raise ValueError(f"faults[{i}]: {step.fault} is a Postgres-protocol fault; "
+                                 f"put it on the service named 'postgres', not {step.on!r}")
             if step.http and (spec is None or spec.routes is None):
                 raise ValueError(f"faults[{i}]: {step.fault or 'script'!s} changes an HTTP "
                                  f"backend's answers; {step.on!r} is not an HTTP backend "
@@ -440,6 +457,12 @@ class Scenario(_Model):
             if check is not None and check.service not in names:
                 raise ValueError(f"expect: no service {check.service!r}"
                                  f"{suggest(check.service, names)}")
+        kinds = {("postgres" if st.postgres else "network") for st in self.faults
+                 if st.on == "postgres"}
+        if len(kinds) > 1:
+            raise ValueError("the 'postgres' service takes either Postgres-protocol faults "
+                             "(sqlstate, fatal, refuse_startup, cut_mid_response) or network "
+                             "faults in one scenario, not both yet")
         for key, values in self.parametrize.items():
             if not values:
                 raise ValueError(f"parametrize.{key}: give at least one value")

@@ -157,6 +157,8 @@ class Route:
         self.used = [0] * len(script.steps)
         self._pass_used = [0] * len(script.steps)
         self._pos = 0
+        # re-scripted layers: (token, the state below it), bottom first
+        self._layers: list[tuple[object, tuple[Script, list[int], list[int], int]]] = []
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         if self.method != "*" and self.method != method:
@@ -184,15 +186,27 @@ class Route:
 
     def swap(self, script: Script) -> Callable[[], None]:
         """Answer with ``script`` from now on (from its first step); the returned function
-        puts the previous script back where it was (its position and counts kept)."""
-        saved = (self.script, self.used, self._pass_used, self._pos)
+        takes this layer away again, whatever was layered on top of it since: the route
+        answers with the script below (at the position it had), or the one on top."""
+        below = (self.script, self.used, self._pass_used, self._pos)
+        token = object()
+        self._layers.append((token, below))
         self.script = script
         self.used = [0] * len(script.steps)
         self._pass_used = [0] * len(script.steps)
         self._pos = 0
 
         def restore() -> None:
-            self.script, self.used, self._pass_used, self._pos = saved
+            for i, (t, saved) in enumerate(self._layers):
+                if t is not token:
+                    continue
+                if i == len(self._layers) - 1:  # the top layer: back to the one below
+                    self.script, self.used, self._pass_used, self._pos = saved
+                else:  # a layer in the middle: the one above now sits on what was below
+                    above_token, _ = self._layers[i + 1]
+                    self._layers[i + 1] = (above_token, saved)
+                del self._layers[i]
+                return
 
         return restore
 
@@ -396,6 +410,17 @@ class BackendCore:
             self.unexpected.clear()
             for r in self.routes:
                 r.requests.clear()
+
+    def reset(self) -> None:
+        """Forget the log and start every route's script over (as freshly scripted)."""
+        with self._lock:
+            self._log.clear()
+            self.unexpected.clear()
+            for r in self.routes:
+                r.requests.clear()
+                r.used = [0] * len(r.script.steps)
+                r._pass_used = [0] * len(r.script.steps)
+                r._pos = 0
 
     # ------------------------------------------------------------- dispatching
 

@@ -169,7 +169,7 @@ class FaultSchedule:
 
     def heal_all(self, now: float) -> None:
         with self._lock:
-            for _, step, heal, window in self._active:
+            for _, step, heal, window in reversed(self._active):  # last applied first
                 with contextlib.suppress(Exception):
                     heal()
                 self._close(window, now)
