@@ -96,3 +96,17 @@ async def article_store(postgres_dsn: str) -> AsyncIterator[ArticleStore]:
 async def lookup_article(context: ArticleStore) -> str | None:
     """One article lookup (a load run's call): a pooled query with its timeout."""
     return await context.title(1)
+
+
+async def articles_after_connection_resets(postgres_dsn: str) -> int:
+    """Create the table and count the articles through a lazy pool (every attempt opens
+    its own connection): the DB retry policy rides out the connections the scenario
+    resets."""
+    from dataclasses import replace
+
+    from .config import TESTING
+
+    lazy = replace(TESTING, pool_min=0)
+    async with await ArticleStore.open(postgres_dsn, lazy) as store:
+        await store.migrate()
+        return await store.count()

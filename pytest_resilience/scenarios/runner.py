@@ -510,8 +510,26 @@ def _requests(service: ServiceHandle, route: str | None) -> list[Any]:
     return records
 
 
+def _connections(service: ServiceHandle) -> list[Any]:
+    """Connections the service's proxy accepted (the attempts of a TCP client: a DB
+    driver opens one per attempt), from the built-in engine's event log."""
+    if service.proxy is None:
+        raise ScenarioUsageError(f"expect: {service.name!r} has neither HTTP routes nor a "
+                                 "proxy whose connections could be counted")
+    return [e for e in service.proxy.events()
+            if getattr(e, "kind", None) in ("accepted", "connection_accepted")]
+
+
 def _verdict_attempts(spec: Any, services: dict[str, ServiceHandle]) -> Verdict:
-    count = len(_requests(services[spec.service], spec.route))
+    service = services[spec.service]
+    if service.backend is None:  # a TCP service: connections accepted by its proxy
+        if spec.route is not None:
+            raise ScenarioUsageError(f"expect.attempts.route: {spec.service!r} is not an "
+                                     "HTTP backend")
+        count = len(_connections(service))
+    else:
+        count = len(_requests(service, spec.route))
+    noun = "requests" if service.backend is not None else "connections"
     where = spec.service + (f" {spec.route}" if spec.route else "")
     checks = []
     if spec.exactly is not None:
@@ -522,10 +540,10 @@ def _verdict_attempts(spec: Any, services: dict[str, ServiceHandle]) -> Verdict:
         checks.append(("at least", spec.at_least, count >= spec.at_least))
     rows = [[what, str(n), str(count), "" if ok else "<--"] for what, n, ok in checks]
     return Verdict(
-        kind="attempts", claim=f"requests reaching {where}", passed=all(ok for *_, ok in checks),
+        kind="attempts", claim=f"{noun} reaching {where}", passed=all(ok for *_, ok in checks),
         expected={what: n for what, n, _ in checks}, observed={"requests": count},
         headers=["bound", "expected", "observed", ""], rows=rows,
-        outcome=f"{count} requests",
+        outcome=f"{count} {noun}",
     )
 
 
@@ -533,9 +551,15 @@ def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: s
     from pytest_resilience.observe.attempts import from_requests
     from pytest_resilience.verdicts import backoff as models
 
-    records = _requests(services[spec.service], spec.route)
-    timeline = from_requests(records, clock="virtual" if clock == "virtual" else "real",
-                             source=f"{spec.service} request log")
+    service = services[spec.service]
+    if service.backend is None:  # a TCP service: each accepted connection is an attempt
+        from pytest_resilience.observe.attempts import from_toxiproxy_events
+
+        timeline = from_toxiproxy_events(_connections(service))
+    else:
+        records = _requests(service, spec.route)
+        timeline = from_requests(records, clock="virtual" if clock == "virtual" else "real",
+                                 source=f"{spec.service} request log")
     cap = spec.cap if spec.cap is not None else math.inf
     if spec.model == "exponential":
         model = models.exponential(spec.initial, spec.multiplier, cap=cap, jitter=spec.jitter,
