@@ -15,6 +15,7 @@ pytest-postgresql imports it when its plugin loads (before the session starts), 
 only when a test needs it, and the driver's import is the test's cost, not the fixture's.
 
 Run:  .venv/bin/python benchmarks/bench_postgres.py [--tests 30] [--rounds 3]
+(``--help`` explains the rows and how to get the pytest-postgresql reference row).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -65,6 +67,99 @@ def test_{i}(postgresql):
 """
 
 
+DESCRIPTION = """\
+Postgres start-up and per-test cost: pytest-resilience vs pytest-postgresql.
+
+What it measures: a generated test file of N tests (--tests), each running SELECT 1 on
+a fresh per-test database, run by pytest in a subprocess, --rounds times; the median of
+the rounds is shown for two figures:
+  start->1st query  session start to the first test body: server start (or the cached
+                    data directory's copy) plus the first database
+  per test          one whole fixture cycle: create the database from a template,
+                    connect, SELECT 1, drop it
+The rows:
+  pytest-resilience postgres_db (cold)  empty cache (--resilience-cache-dir): initdb
+  pytest-resilience postgres_db (warm)  the data directory the cold run cached
+  pytest-postgresql postgresql          the reference row, from the same machine and run
+
+The baseline is that reference row: the figures are also printed as ratios
+pytest-postgresql / pytest-resilience (warm), so they mean the same on a slow or loaded
+machine; the goals are warm start->1st query <= 200 ms and <= 25 ms per test.
+"""
+
+EPILOG = """\
+the reference row (pytest-postgresql) is left out, with the reason printed, when:
+  * pytest-postgresql is not installed: it comes with the bench extra
+      pip install -e '.[bench]'      (or: scripts/run bench, which installs it)
+  * no pg_ctl is found (on PATH or /usr/lib/postgresql/*/bin): apt-get install postgresql
+  * it would run as root: pg_ctl refuses root and pytest-postgresql has no run-as
+    option, so as root this script runs that side as the 'postgres' account (runuser),
+    and that account must be able to execute this Python and import its packages. A
+    Python under /root (pyenv, or a venv made from one: /root is drwx------) is out of
+    its reach. Use a venv made from the system Python, outside /root (the checkout must
+    be readable by 'postgres' too):
+      /usr/bin/python3 -m venv /opt/resilience-bench
+      /opt/resilience-bench/bin/pip install -e '.[bench]'
+      /opt/resilience-bench/bin/python benchmarks/bench_postgres.py
+    or run the script as a normal user, or (throwaway machines only) chmod o+x /root.
+"""
+
+
+def _pg_ctl() -> str | None:
+    found = shutil.which("pg_ctl") or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)), None
+    )
+    return str(found) if found else None
+
+
+def _closed_dirs(path: Path) -> list[str]:
+    """Directories on the way to *path* (and to what its symlinks point at) that other
+    accounts cannot enter (no ``o+x``)."""
+    closed: list[str] = []
+    for target in dict.fromkeys([path.absolute(), path.resolve()]):
+        for parent in reversed(target.parents):
+            try:
+                mode = parent.stat().st_mode
+            except OSError:
+                continue
+            if not mode & stat.S_IXOTH and str(parent) not in closed:
+                closed.append(str(parent))
+    return closed
+
+
+def _no_reference() -> str | None:
+    """Why the pytest-postgresql reference row cannot be measured here (None: it can)."""
+    try:
+        import pytest_postgresql  # noqa: F401
+    except ImportError:
+        return ("pytest-postgresql is not installed: pip install -e '.[bench]' "
+                "(or scripts/run bench)")
+    if _pg_ctl() is None:
+        return "pytest-postgresql needs pg_ctl and none was found: apt-get install postgresql"
+    if os.geteuid() != 0:
+        return None
+    probe = subprocess.run(
+        ["runuser", "-u", "postgres", "--", sys.executable, "-c",
+         "import pytest, pytest_postgresql, psycopg"],
+        capture_output=True, text=True,
+    )
+    if probe.returncode == 0:
+        return None
+    closed = _closed_dirs(Path(sys.executable))
+    why = (f"{', '.join(closed)} cannot be entered by other accounts" if closed
+           else (probe.stderr.strip().splitlines() or ["?"])[-1])
+    return (
+        "running as root: pg_ctl refuses root, so pytest-postgresql runs as the 'postgres' "
+        f"account, which cannot run {sys.executable} ({why}). To get the row, use a venv "
+        "made from the system Python outside /root:\n"
+        "  /usr/bin/python3 -m venv /opt/resilience-bench\n"
+        "  /opt/resilience-bench/bin/pip install -e '.[bench]'\n"
+        "  /opt/resilience-bench/bin/python benchmarks/bench_postgres.py\n"
+        "or run as a normal user, or (throwaway machines only) chmod o+x "
+        + (closed[0] if closed else "the directories on the way to this Python")
+    )
+
+
 def _run(kind: str, n: int, workdir: Path, env: dict[str, str]) -> tuple[float, float]:
     template, test = (OURS, OURS_TEST) if kind == "ours" else (THEIRS, THEIRS_TEST)
     tests = "".join(test.format(i=i) for i in range(n))
@@ -75,11 +170,7 @@ def _run(kind: str, n: int, workdir: Path, env: dict[str, str]) -> tuple[float, 
     if kind == "ours":
         args += ["-p", "no:postgresql"]
     else:
-        args += ["-p", "no:pytest_resilience"]
-        pg_ctl = shutil.which("pg_ctl") or next(
-            iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)), None
-        )
-        args += [f"--postgresql-exec={pg_ctl}"]
+        args += ["-p", "no:pytest_resilience", f"--postgresql-exec={_pg_ctl()}"]
     cmd: list[str] = args
     if os.geteuid() == 0 and kind == "theirs":
         # pg_ctl refuses root; pytest-postgresql has no run-as option.
@@ -94,29 +185,26 @@ def _run(kind: str, n: int, workdir: Path, env: dict[str, str]) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--tests", type=int, default=30, metavar="N",
+                        help="tests per generated file, >= 2 (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, metavar="R",
+                        help="runs of each row; the median is shown (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="10 tests, 1 round")
     ns = parser.parse_args()
     if ns.quick:
         ns.tests, ns.rounds = 10, 1
+    if ns.tests < 2 or ns.rounds < 1:
+        parser.error("--tests must be at least 2 and --rounds at least 1")
     kinds = ["ours"]
-    try:
-        import pytest_postgresql  # noqa: F401
-    except ImportError:
-        print("pytest-postgresql is not installed: no reference row (pip install -e '.[bench]')")
+    missing = _no_reference()
+    if missing is None:
+        kinds.append("theirs")
     else:
-        probe = subprocess.run(["runuser", "-u", "postgres", "--", sys.executable, "-c", "1"],
-                               capture_output=True) if os.geteuid() == 0 else None
-        if probe is not None and probe.returncode != 0:
-            print(
-                "pytest-postgresql cannot run as root (pg_ctl refuses) and the postgres account "
-                f"cannot run {sys.executable}: no reference row. To get one, let it in, e.g. "
-                "chmod o+x /root (throwaway machines only), or run the benchmark as a normal user."
-            )
-        else:
-            kinds.append("theirs")
+        print(f"no pytest-postgresql reference row: {missing}\n(see --help)", file=sys.stderr)
     results: dict[str, dict[str, list[float]]] = {}
     cache_parent = Path(tempfile.mkdtemp(prefix="bench-pg-cache-"))
     try:

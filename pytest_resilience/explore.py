@@ -198,7 +198,11 @@ def fault_schedules(*, proxies: Sequence[str] = (), backends: Sequence[str] = ()
     ``min_window``..``horizon`` seconds or to the end. ``clock=False``: logical triggers
     only (needs ``max_calls``; the same run replays the same way). Shrinks to fewer
     faults, earlier triggers, shorter windows and smaller attributes."""
-    from hypothesis import strategies as st
+    try:
+        from hypothesis import strategies as st
+    except ImportError:
+        raise ConfigError("fault schedules are drawn by Hypothesis, which is not installed: "
+                          "pip install 'pytest-resilience[explore]'") from None
 
     if not proxies and not backends:
         raise ConfigError("fault_schedules() needs at least one of proxies= or backends=")

@@ -28,6 +28,12 @@ AMBIENT = frozenset({"leaks", "clock-sources"})
 #: Report-section titles by kind (others: "resilience verdicts (<phase>)").
 SECTIONS = {"leaks": "resilience: leaks", "clock-sources": "virtual clock"}
 
+#: Sections other parts of the plugin add (``item.add_report_section(when, key, ...)``
+#: titles them ``Captured <key> <when>``) that a failure's message may repeat in full:
+#: a failed scenario's message ends with its fault timeline.
+OWN_SECTIONS = frozenset(f"Captured fault timeline {when}"
+                         for when in ("setup", "call", "teardown"))
+
 record_key = pytest.StashKey[RunRecord]()
 
 
@@ -38,6 +44,25 @@ def _quiet(verdict: Verdict) -> bool:
         verdict.kind == "leaks" and verdict.passed
         and not (verdict.data.get("tolerated") if isinstance(verdict.data, dict) else None)
     )
+
+
+def _lines(text: str) -> list[str]:
+    """*text*'s lines as a failure shows them, without the ``E`` prefix pytest puts
+    before an exception's message and without surrounding blanks."""
+    return [line[1:].strip() if line[:2] in ("E", "E ") else line.strip()
+            for line in text.splitlines()]
+
+
+def _quotes(failure: list[str], text: str) -> bool:
+    """Whether the failure's lines (:func:`_lines`) hold *text* whole: its first line
+    at the end of one line (after the exception's name), the others as they follow."""
+    first, *rest = [line.strip() for line in text.splitlines()] or [""]
+    if not first:
+        return False
+    for i, line in enumerate(failure):
+        if line.endswith(first) and failure[i + 1:i + 1 + len(rest)] == rest:
+            return True
+    return False
 
 
 @pytest.hookimpl(trylast=True)  # after the plugin's own configure put the settings
@@ -88,6 +113,15 @@ class Reporter:
         outcome = "xfailed" if hasattr(report, "wasxfail") else report.outcome
         item.stash.setdefault(outcomes_key, {})[call.when] = outcome
         shown = [v for v in new if not _quiet(v)]
+        if report.failed and shown:
+            # the failure already prints them (a VerdictFailed's message, a scenario's
+            # pytest.fail text): a section would show the same table a second time
+            failure = _lines(report.longreprtext)
+            shown = [v for v in shown if not _quotes(failure, v.text())]
+            report.sections = [
+                (title, content) for title, content in report.sections
+                if title not in OWN_SECTIONS or not _quotes(failure, content)
+            ]
         plain = [v for v in shown if v.kind not in SECTIONS]
         if plain:
             report.sections.append(

@@ -818,7 +818,19 @@ def run_scenario(scenario: Scenario, request: pytest.FixtureRequest,
         _fail(f"scenario {scenario.name!r}: {problem}")
 
 
-def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, Any]) -> None:
+@dataclass
+class _Prepared:
+    """A scenario's services and target, ready to be driven (once, or per example)."""
+
+    scenario: Scenario
+    services: dict[str, ServiceHandle]
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    factory: Callable[[], Any] | None
+
+
+def _prepare(scenario: Scenario, request: pytest.FixtureRequest,
+             params: dict[str, Any]) -> _Prepared:
     __tracebackhide__ = True
     services = _start_services(scenario, request)
     setup = scenario.target.setup
@@ -832,27 +844,63 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
     else:
         fn = _http_target(scenario, services, request)
         kwargs = {}
-    observer = None
-    if scenario.expect.breaker is not None:
-        if scenario.target.call is None or "breaker" not in inspect.signature(fn).parameters:
-            raise ScenarioUsageError(
-                "expect.breaker judges the transitions the target reports: give target.call "
-                "a 'breaker' parameter (a BreakerObserver: call breaker.report(old, new) on "
-                "each state change and route calls through breaker.call/acall)")
-        from pytest_resilience.observe.breaker import BreakerObserver
-
-        observer = BreakerObserver(name="the target's breaker")
-        kwargs["breaker"] = observer
+    if scenario.expect.breaker is not None and (
+            scenario.target.call is None or "breaker" not in inspect.signature(fn).parameters):
+        raise ScenarioUsageError(
+            "expect.breaker judges the transitions the target reports: give target.call "
+            "a 'breaker' parameter (a BreakerObserver: call breaker.report(old, new) on "
+            "each state change and route calls through breaker.call/acall)")
     factory: Callable[[], Any] | None = None
     if setup is not None:
         setup_fn = _import(setup, "target.setup")
         setup_kwargs = _bind(setup_fn, services, params)
         factory = _context_factory(setup_fn, setup_kwargs)
-    timeline = Timeline()
-    faults = _Faults(list(scenario.faults), services, timeline)
-    if scenario.drive.load:
-        _run_load(scenario, request, fn, kwargs, factory, faults, services, timeline)
+    return _Prepared(scenario, services, fn, kwargs, factory)
+
+
+def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, Any]) -> None:
+    __tracebackhide__ = True
+    prepared = _prepare(scenario, request, params)
+    if scenario.explore is not None:
+        _explore(prepared, request)
         return
+    if scenario.drive.load:
+        timeline = Timeline()
+        faults = _Faults(list(scenario.faults), prepared.services, timeline)
+        _run_load(scenario, request, prepared.fn, prepared.kwargs, prepared.factory, faults,
+                  prepared.services, timeline)
+        return
+    verdicts, timeline = _once(prepared, list(scenario.faults))
+    for verdict in verdicts:
+        if verdict.kind not in ("backoff", "breaker"):  # their expect_* collected them
+            collect(verdict)
+    request.node.add_report_section("call", "fault timeline", timeline.text())
+    attach(request.node, "fault-timeline",
+           events=[[round(at, 6), what] for at, what in timeline.events])
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        text = "\n\n".join(v.text() for v in failed)
+        pytest.fail(f"scenario {scenario.name!r}: {len(failed)} of {len(verdicts)} "
+                    f"expectations failed\n\n{text}\n\n{timeline.text()}", pytrace=False)
+    if not verdicts and not scenario.expect.no_leaks:
+        pytest.fail(f"scenario {scenario.name!r} expects nothing: add an 'expect' section "
+                    "(a scenario that checks nothing cannot fail)", pytrace=False)
+
+
+def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], Timeline]:
+    """Drive the target once under ``steps`` (calls one after another) and judge it."""
+    __tracebackhide__ = True
+    scenario, services = prepared.scenario, prepared.services
+    fn, factory = prepared.fn, prepared.factory
+    kwargs = dict(prepared.kwargs)
+    observer = None
+    if scenario.expect.breaker is not None:
+        from pytest_resilience.observe.breaker import BreakerObserver
+
+        observer = BreakerObserver(name="the target's breaker")
+        kwargs["breaker"] = observer
+    timeline = Timeline()
+    faults = _Faults(steps, services, timeline)
     lag: list[float] = []
     sites: list[str | None] = []
     if inspect.iscoroutinefunction(fn):
@@ -912,17 +960,107 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
             blame=[0] if blocked else [],
             outcome=f"worst lag {fmt_s(worst)}" + (f" at {site}" if blocked and site else ""),
         ))
-    for verdict in verdicts:
-        if verdict.kind not in ("backoff", "breaker"):  # their expect_* collected them
-            collect(verdict)
-    request.node.add_report_section("call", "fault timeline", timeline.text())
-    attach(request.node, "fault-timeline",
-           events=[[round(at, 6), what] for at, what in timeline.events])
-    failed = [v for v in verdicts if not v.passed]
-    if failed:
-        text = "\n\n".join(v.text() for v in failed)
-        pytest.fail(f"scenario {scenario.name!r}: {len(failed)} of {len(verdicts)} "
-                    f"expectations failed\n\n{text}\n\n{timeline.text()}", pytrace=False)
-    if not verdicts and not expect.no_leaks:
-        pytest.fail(f"scenario {scenario.name!r} expects nothing: add an 'expect' section "
-                    "(a scenario that checks nothing cannot fail)", pytrace=False)
+    return verdicts, timeline
+
+
+def _explore(prepared: _Prepared, request: pytest.FixtureRequest) -> None:
+    """Search generated fault timelines for one that breaks ``expect``; fail with the
+    smallest, as a ``faults:`` section and a replay file."""
+    __tracebackhide__ = True
+    from pytest_resilience.config import settings_key
+    from pytest_resilience.explore import Schedule, explore, fault_schedules
+    from pytest_resilience.verdicts.core import pop_sink, push_sink
+
+    scenario = prepared.scenario
+    spec = scenario.explore
+    assert spec is not None
+    services = prepared.services
+    chosen = spec.on or list(services)
+    proxies = [n for n in chosen if services[n].kind in ("postgres", "tcp")]
+    backends = [n for n in chosen if services[n].backend is not None]
+    names = spec.faults
+    if names is not None:
+        from pytest_resilience.explore import HTTP, NETWORK
+
+        unknown = [f for f in names if f not in NETWORK and f not in HTTP]
+        if unknown:
+            raise ScenarioUsageError(f"explore.faults: cannot generate {unknown}; known: "
+                                     f"{', '.join([*NETWORK, *HTTP])}")
+    max_calls = spec.max_calls if spec.max_calls is not None else (scenario.drive.calls or 1)
+    try:
+        strategy = fault_schedules(proxies=proxies, backends=backends, faults=names,
+                                   max_faults=spec.max_faults, horizon=spec.horizon,
+                                   max_calls=max_calls, clock=spec.clock)
+    except Exception as exc:
+        raise ScenarioUsageError(f"explore: {exc}") from None
+
+    def run_once(schedule: Schedule) -> None:
+        for handle in services.values():
+            if handle.backend is not None:
+                handle.backend.reset()
+        steps = [FaultStep.model_validate(step) for step in schedule.as_faults()]
+        sink: list[Verdict] = []
+        push_sink(sink)  # the examples' verdicts are not the test's
+        try:
+            verdicts, timeline = _once(prepared, steps)
+        finally:
+            pop_sink(sink)
+        failed = [v for v in verdicts if not v.passed]
+        if failed:
+            raise AssertionError("\n\n".join(v.text() for v in failed)
+                                 + "\n\n" + timeline.text())
+
+    seed = scenario.seed if scenario.seed is not None else \
+        request.config.stash[settings_key].seed
+    m, k = spec.replays
+    result = explore(run_once, strategy, max_examples=spec.examples, max_time=spec.max_time,
+                     seed=seed, replays=(m, k), rate_runs=spec.rate_runs)
+    for handle in services.values():
+        if handle.backend is not None:
+            handle.backend.reset()
+    summary = Verdict(
+        kind="explore", claim=f"no fault schedule (up to {spec.max_faults} faults) breaks "
+        "the scenario's expectations", passed=not result.found,
+        expected={"examples": spec.examples}, observed={
+            "examples": result.examples, "elapsed_s": round(result.elapsed, 3),
+            "schedule": result.schedule.as_faults() if result.schedule else None,
+            "reproduced": result.reproduced, "replayed": result.replayed, "seed": seed},
+        outcome=(f"{result.examples} schedules explored" if not result.found else
+                 f"{len(result.schedule or ())} fault(s) break it, "
+                 f"{result.reproduced} of {result.replayed} replays"))
+    collect(summary)
+    if result.schedule is None:
+        return
+    replay = _write_replay(request, scenario, result.schedule)
+    pytest.fail(f"scenario {scenario.name!r}: {result.report()}\n\nreplay it: pytest "
+                f"{replay}", pytrace=False)
+
+
+def _write_replay(request: pytest.FixtureRequest, scenario: Scenario, schedule: Any) -> str:
+    """The scenario with the minimal schedule as its ``faults`` (``*.resilience.yaml``:
+    pytest collects it from anywhere)."""
+    import re
+
+    import yaml
+
+    from pytest_resilience.config import settings_key
+
+    data = scenario.model_dump(by_alias=True, exclude_unset=True, exclude={"explore"},
+                               mode="json")
+    data["name"] = f"{scenario.name} (replay)"
+    data["faults"] = schedule.as_faults()
+    directory = request.config.stash[settings_key].report
+    folder: Any
+    if directory is not None:
+        folder = directory / "replay"
+    else:
+        cache = getattr(request.config, "cache", None)
+        folder = cache.mkdir("resilience-replay") if cache is not None else None
+    if folder is None:
+        return "(no cache directory: paste the faults above into the scenario)"
+    folder.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", scenario.name).strip("_")[:80] or "scenario"
+    path = folder / f"{slug}.resilience.yaml"
+    path.write_text("# written by pytest-resilience explore: the smallest failing schedule\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return str(path)

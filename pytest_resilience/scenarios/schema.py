@@ -397,6 +397,28 @@ class Expect(_Model):
     drift: Drift | None = Field(None, description="load runs: drift verdicts over the samples")
 
 
+class Explore(_Model):
+    """Let Hypothesis search fault timelines against the scenario: each example applies
+    a generated schedule, drives the target and judges ``expect``; a failure shrinks to
+    the smallest schedule, reported as a ``faults:`` section and a replay file."""
+
+    on: list[str] | None = Field(None, description="services to break (default: all): "
+                                 "network faults on postgres/tcp, HTTP faults on backends")
+    faults: list[str] | None = Field(None, description="fault names to draw from")
+    max_faults: int = Field(2, ge=1, le=10)
+    horizon: Duration = Field(2.0, gt=0, le=3600, description="clock triggers and windows "
+                              "within this")
+    max_calls: int | None = Field(None, ge=0, le=1000, description="logical triggers: "
+                                  "after 0..N calls (default: drive.calls)")
+    clock: bool = Field(False, description="also trigger on the clock (less repeatable)")
+    examples: int = Field(30, ge=1, le=10_000)
+    max_time: Duration = Field(120.0, gt=0, le=24 * 3600)
+    replays: list[int] = Field([1, 1], min_length=2, max_length=2,
+                               description="[m, k]: a schedule fails when it fails m of k runs")
+    rate_runs: int = Field(5, ge=1, le=100, description="replays of the minimal schedule "
+                           "for its reproduction rate")
+
+
 class Scenario(_Model):
     """One scenario: a claim, the services, the target, the fault timeline, the drive
     and what is expected."""
@@ -413,6 +435,7 @@ class Scenario(_Model):
     faults: list[FaultStep] = Field(default_factory=list)
     drive: Drive = Field(default_factory=lambda: Drive())
     expect: Expect = Field(default_factory=lambda: Expect())
+    explore: Explore | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Scenario:
@@ -479,6 +502,20 @@ class Scenario(_Model):
                                      "load run; check it in a separate scenario")
             if self.clock == "virtual":
                 raise ValueError("a load run is measured on the real clock: use clock: real")
+        if self.explore is not None:
+            if self.faults:
+                raise ValueError("explore generates the fault timeline: leave 'faults' out "
+                                 "(or drop 'explore' to run the timeline you wrote)")
+            if self.drive.load:
+                raise ValueError("explore drives calls one after another; a load run "
+                                 "cannot be explored yet")
+            for target in self.explore.on or []:
+                if target not in names:
+                    raise ValueError(f"explore.on: no service {target!r}"
+                                     f"{suggest(target, names)}")
+            m, k = self.explore.replays
+            if not 1 <= m <= k:
+                raise ValueError(f"explore.replays: [{m}, {k}] needs 1 <= m <= k")
         if self.target.setup is not None and self.target.call is None:
             raise ValueError("target.setup goes with target.call (the call gets 'context')")
         if self.expect.loop_lag is not None and self.clock == "virtual":
@@ -502,7 +539,7 @@ def known_keys() -> set[str]:
     keys: set[str] = set()
     for model in (Scenario, Service, Target, HttpTarget, FaultStep, Drive, Backoff,
                   Attempts, Timeout, Breaker, Latency, Expect, Drift, Sustained, StageLatency,
-                  Amplification):
+                  Amplification, Explore):
         for name, info in model.model_fields.items():
             keys.add(info.alias or name)
     return keys

@@ -88,8 +88,24 @@ class Tolerance:
         return f"-{fmt_s(self.early)} / +{fmt_s(self.late)}"
 
 
+#: The heading :func:`render_table` gives a last column left unnamed (``""``): the
+#: column where verdict builders mark the rows at fault (``<--``, ``<-- loop blocked``).
+MARK_HEADING = "at fault"
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with a header rule; columns left-aligned."""
+    """A plain-text table with a header rule; columns left-aligned.
+
+    A last column without a heading is the builders' marker column: it is headed
+    :data:`MARK_HEADING` when a row is marked, and left out when none is (a passing
+    verdict's table then has no empty column).
+    """
+    if headers and headers[-1] == "":
+        if any(len(row) == len(headers) and row[-1] for row in rows):
+            headers = [*headers[:-1], MARK_HEADING]
+        else:
+            headers = headers[:-1]
+            rows = [row[:len(headers)] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):
