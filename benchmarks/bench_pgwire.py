@@ -9,7 +9,10 @@ sequential queries) and the throughput of a large ``COPY ... TO STDOUT``, for ea
 with the ratios the goals are stated in (stage's added latency / plain proxy's added
 latency <= 1.3; stage's COPY throughput / plain proxy's >= 0.8). Both proxies run on a
 thread of this process (uvloop); the clients run in helper processes (this script with
-``--_helper``), in interleaved rounds so that machine noise hits every column alike.
+``--_helper``). Each ``SELECT 1`` helper holds one connection per path and alternates
+blocks of 10 queries between them (in forward, then reverse order), so that machine noise,
+which drifts on a scale of milliseconds to seconds, hits every column alike; the COPY
+helpers run in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -33,17 +36,32 @@ COPY_SQL = ("COPY (SELECT g, md5(g::text), now() FROM generate_series(1, {rows})
             "TO STDOUT")
 
 
-def _helper_pg(dsn: str, count: int) -> None:
+BLOCK = 10
+
+
+def _helper_pg(targets: str, count: int) -> None:
+    """``count`` timed ``SELECT 1`` per path of ``targets`` (JSON name -> DSN), in blocks
+    of :data:`BLOCK` alternating between the paths."""
     import psycopg
 
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(50):
-            conn.execute("SELECT 1").fetchone()
-        samples = []
-        for _ in range(count):
-            start = time.perf_counter()
-            conn.execute("SELECT 1").fetchone()
-            samples.append(time.perf_counter() - start)
+    dsns: dict[str, str] = json.loads(targets)
+    conns = {name: psycopg.connect(dsn, autocommit=True) for name, dsn in dsns.items()}
+    try:
+        for conn in conns.values():
+            for _ in range(50):
+                conn.execute("SELECT 1").fetchone()
+        samples: dict[str, list[float]] = {name: [] for name in conns}
+        order = list(conns.items())
+        for block in range(max(1, count // BLOCK)):
+            for name, conn in order if block % 2 else reversed(order):
+                out = samples[name]
+                for _ in range(BLOCK):
+                    start = time.perf_counter()
+                    conn.execute("SELECT 1").fetchone()
+                    out.append(time.perf_counter() - start)
+    finally:
+        for conn in conns.values():
+            conn.close()
     print(json.dumps(samples))
 
 
@@ -109,7 +127,7 @@ def main() -> None:
         server = start_postgres("local")
         dsn = server.dsn
     info = conninfo_to_dict(dsn)
-    host, port = str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))
+    host, port = str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))
     engine = start_thread()
     stage = pgwire.start(host, port)
     try:
@@ -123,8 +141,9 @@ def main() -> None:
         copy: dict[str, list[float]] = {k: [] for k in dsns}
         size = 0
         for _ in range(rounds):
-            for name, target in dsns.items():
-                rtt[name] += _run_helper(["pg", target, str(rtts // rounds)])
+            for name, samples in _run_helper(["pg", json.dumps(dsns),
+                                              str(rtts // rounds)]).items():
+                rtt[name] += samples
         for _ in range(3):
             for name, target in dsns.items():
                 size, seconds = _run_helper(["copy", target, str(rows)])

@@ -8,9 +8,13 @@ listening on 127.0.0.1 only. Per connection:
   to the server (it carries the server's own BackendKeyData, which the stage records per
   connection, so a cancel reaches the backend of the connection it names); the
   StartupMessage and the whole authentication exchange (SCRAM included) pass untouched.
-* **client to server**: every message is framed and the statement texts are remembered
-  (``Parse`` name -> text, ``Bind`` portal -> text), so a prepared statement executed by
-  name (asyncpg's statement cache, psycopg's prepared statements) matches on its text.
+* **client to server**: the statement texts are remembered (``Parse`` name -> text,
+  ``Bind`` portal -> text, raw bytes decoded only when a rule is matched against them), so
+  a prepared statement executed by name (asyncpg's statement cache, psycopg's prepared
+  statements) matches on its text, even when it was prepared before the rule was armed.
+  While no rule is armed, each read is forwarded at once, untouched, and only then
+  scanned; while one is, every message is framed before it is forwarded, so that a
+  matching one can be replaced.
 * **server to client**: bytes are forwarded as they come while only message boundaries
   and ReadyForQuery messages are counted; the stage parses messages only while one of its
   injections is being answered (to hide the replies to messages the client did not send).
@@ -39,7 +43,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from pytest_resilience.errors import ServiceError
@@ -50,10 +54,20 @@ __all__ = ["Cancel", "PgFaultProxy", "start"]
 
 _INT32 = struct.Struct("!I")
 _unpack = _INT32.unpack_from
+#: type byte and length of a message header in one call (the scanners' inner loops)
+_head = struct.Struct("!BI").unpack_from
 _Z, _K, _E, _ONE, _TWO = 90, 75, 69, 49, 50
 _TERMINATE = b"X\0\0\0\4"
 #: client message types the stage looks at: Q P B E C S F
 _TRACKED = tuple(c in b"QPBECSF" for c in range(256))
+#: what the no-rule fast path does with a client message: 1 the server answers it with a
+#: ReadyForQuery (Q S F), 2 Parse, 3 Bind, 4 Close (names and texts remembered); 0 nothing
+_FAST = tuple({0x51: 1, 0x53: 1, 0x46: 1, 0x50: 2, 0x42: 3, 0x43: 4}.get(c, 0)
+              for c in range(256))
+#: write buffer limits of both transports (as the Toxiproxy engine's): fewer
+#: pause/resume cycles under a bulk response such as a COPY
+_WRITE_HIGH = 1024 * 1024
+_WRITE_LOW = 256 * 1024
 _STATEMENT_KINDS: tuple[Kind, ...] = ("sqlstate", "fatal", "cut_mid_response")
 _FATAL_MESSAGES = {
     "57P01": "terminating connection due to administrator command",
@@ -63,7 +77,11 @@ _FATAL_MESSAGES = {
 }
 
 
-def _nodelay(transport: asyncio.BaseTransport) -> None:
+def _tune(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY, and larger write buffer limits, on a stage's transport."""
+    with contextlib.suppress(AttributeError, ValueError):
+        cast("asyncio.Transport", transport).set_write_buffer_limits(high=_WRITE_HIGH,
+                                                                     low=_WRITE_LOW)
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -102,7 +120,10 @@ class _Conn:
         self.closed = False
         # client -> server
         self.starting = True
-        self.cbuf = bytearray()
+        self.cbuf = bytearray()  # bytes not forwarded yet (an incomplete message)
+        # fast path (no rule armed): bytes are forwarded before they are scanned
+        self.cskip = 0  # bytes of a forwarded message not looked at still to come
+        self.ctail = bytearray()  # a forwarded message still incomplete, kept to be read
         self.statements: dict[bytes, bytes] = {}  # name -> text, from Parse
         self.portals: dict[bytes, bytes | None] = {}  # name -> text, from Bind
         self.sent_z = 0  # messages sent that the server answers with a ReadyForQuery
@@ -181,6 +202,100 @@ class _Conn:
             self.cbuf += data
             self._client_startup()
             return
+        if not (self.book.rules or self.cbuf or self.rollback_after_sync):
+            # fast path: nothing can be replaced, so the bytes go first, untouched, and
+            # are only scanned after (message boundaries, names and texts, Syncs)
+            server = self.server
+            if server is None:
+                self.pending.append(data)
+            else:
+                server.write(data)
+            self._client_scan(data)
+            return
+        if self.cskip or self.ctail:  # the rest of a message the fast path forwarded
+            used = self._client_finish(data, forward=True)
+            if used == len(data):
+                return
+            data = data[used:]
+        self._client_slow(data)
+
+    def _client_scan(self, data: bytes) -> None:
+        """Follow the messages of bytes already forwarded: count those the server answers
+        with a ReadyForQuery, remember Parse/Bind texts, forget Closed names."""
+        pos = self._client_finish(data, forward=False) if self.cskip or self.ctail else 0
+        n = len(data)
+        fast, head = _FAST, _head
+        last = n - 5
+        z = 0
+        while pos <= last:
+            kind, length = head(data, pos)
+            end = pos + 1 + length
+            what = fast[kind]
+            if what == 1:
+                z += 1
+            elif what:
+                if end > n:
+                    break  # kept in ctail below, read when complete
+                if what == 3:  # Bind (inlined: one in every extended-protocol execution)
+                    at = data.index(0, pos + 5)
+                    self.portals[data[pos + 5:at]] = self.statements.get(
+                        data[at + 1:data.index(0, at + 1)])
+                else:
+                    self._client_names(what, data, pos)
+            pos = end
+        self.sent_z += z
+        if pos < n:
+            self.ctail += data[pos:]
+        elif pos > n:
+            self.cskip = pos - n
+
+    def _client_finish(self, data: bytes, *, forward: bool) -> int:
+        """Follow the continuation of a message the fast path began forwarding; how many
+        bytes of ``data`` belong to it (forwarded here if ``forward``)."""
+        n = len(data)
+        used = 0
+        tail = self.ctail
+        if tail:
+            if len(tail) < 5:
+                used = min(5 - len(tail), n)
+                tail += data[:used]
+                if len(tail) == 5 and _FAST[tail[0]] < 2:  # only skipped: header enough
+                    self.sent_z += _FAST[tail[0]]
+                    self.cskip = max(0, _unpack(tail, 1)[0] - 4)
+                    tail.clear()
+            if len(tail) >= 5:
+                total = 1 + _unpack(tail, 1)[0]
+                more = max(0, min(total - len(tail), n - used))
+                tail += data[used:used + more]
+                used += more
+                if len(tail) >= total:
+                    self._client_names(_FAST[tail[0]], tail, 0)
+                    tail.clear()
+        if self.cskip and used < n:
+            take = min(self.cskip, n - used)
+            self.cskip -= take
+            used += take
+        if forward and used:
+            self._to_server(data[:used])
+        return used
+
+    def _client_names(self, what: int, data: bytes | bytearray, pos: int) -> None:
+        """Remember a Parse's text (2) or a Bind's portal (3), forget a Close's name (4)."""
+        if what == 2:  # raw bytes, decoded only when a rule is matched against them
+            at = data.index(0, pos + 5)
+            self.statements[bytes(data[pos + 5:at])] = bytes(
+                data[at + 1:data.index(0, at + 1)])
+        elif what == 3:
+            at = data.index(0, pos + 5)
+            self.portals[bytes(data[pos + 5:at])] = self.statements.get(
+                bytes(data[at + 1:data.index(0, at + 1)]))
+        else:
+            name = bytes(data[pos + 6:data.index(0, pos + 6)])
+            (self.statements if data[pos + 5] == 0x53 else self.portals).pop(name, None)
+
+    def _client_slow(self, data: bytes) -> None:
+        """Frame every message before it is forwarded (a rule is armed): a matching
+        statement is replaced."""
         if self.cbuf:
             self.cbuf += data
             data = bytes(self.cbuf)
@@ -325,11 +440,33 @@ class _Conn:
     def server_data(self, data: bytes) -> None:
         if self.closed:
             return
-        if not self.watch:
-            self.client.write(data)
+        if self.watch:
+            self._slow(data)
+            return
+        self.client.write(data)  # forwarded first, its boundaries followed after
+        if self.hdr:
             self._scan(data)
             return
-        self._slow(data)
+        pos = self.skip
+        n = len(data)
+        if pos >= n:
+            self.skip = pos - n
+            return
+        head = _head
+        last = n - 5
+        z = 0
+        while pos <= last:
+            kind, length = head(data, pos)
+            if kind == 90:  # ReadyForQuery (a literal: no global lookup per message)
+                z += 1
+            pos += 1 + length
+        if z:
+            self.recv_z += z
+        if pos < n:
+            self.hdr += data[pos:]
+            self.skip = 0
+        else:
+            self.skip = pos - n
 
     def _scan(self, data: bytes) -> None:
         """Follow message boundaries over forwarded bytes; count ReadyForQuery messages."""
@@ -345,11 +482,14 @@ class _Conn:
             self.hdr.clear()
         else:
             pos = self.skip
+        head = _head
+        last = n - 5
         z = 0
-        while pos + 5 <= n:
-            if data[pos] == _Z:
+        while pos <= last:
+            kind, length = head(data, pos)
+            if kind == 90:  # ReadyForQuery (a literal: no global lookup per message)
                 z += 1
-            pos += 1 + _unpack(data, pos + 1)[0]
+            pos += 1 + length
         self.recv_z += z
         if pos < n:
             self.hdr += data[pos:]
@@ -474,7 +614,7 @@ class _ClientSide(asyncio.Protocol):
         self.conn: _Conn | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        _nodelay(transport)
+        _tune(transport)
         self.conn = self.proxy._accept(transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -503,9 +643,12 @@ class _ClientSide(asyncio.Protocol):
 class _ServerSide(asyncio.Protocol):
     def __init__(self, conn: _Conn) -> None:
         self.conn = conn
+        # the transport is made after this and keeps this bound method: one call less
+        # per read
+        self.data_received = conn.server_data  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        _nodelay(transport)
+        _tune(transport)
 
     def data_received(self, data: bytes) -> None:
         self.conn.server_data(data)

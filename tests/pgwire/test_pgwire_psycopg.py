@@ -29,6 +29,23 @@ def _balance(db: PostgresDatabase, account: int = 1) -> int:
 
 
 @pytest.mark.usefixtures("accounts")
+def test_statement_prepared_before_the_rule_is_armed(stage: PgFaultProxy, dsn: str) -> None:
+    """The Parse went through the no-rule fast path; a rule armed later still matches the
+    statement executed by name, and the connection goes on after it is disarmed."""
+    query = "SELECT balance FROM accounts WHERE id = %s"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+        assert conn.execute(query, (1,)).fetchone() == (100,)  # prepared, no rule armed
+        with stage.sqlstate("40001", match=r"SELECT balance") as rule, \
+                pytest.raises(pe.SerializationFailure):
+            conn.execute(query, (1,)).fetchone()
+        assert (rule.seen, rule.fired) == (1, 1)
+        assert conn.execute(query, (1,)).fetchone() == (100,)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert [i.statement for i in stage.injections] == [
+        "SELECT balance FROM accounts WHERE id = $1"]
+
+
+@pytest.mark.usefixtures("accounts")
 @pytest.mark.parametrize(("code", "error"), CODES)
 def test_each_sqlstate_is_the_drivers_own_error(
     stage: PgFaultProxy, dsn: str, postgres_db: PostgresDatabase, code: str,
