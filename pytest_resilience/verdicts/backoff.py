@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 Growth = Literal["constant", "linear", "exponential"]
-Jitter = Literal["none", "full", "equal", "decorrelated", "additive"]
+Jitter = Literal["none", "full", "equal", "decorrelated", "additive", "relative"]
 
 #: Default window on the real clock: 2 ms early, 15 ms late.
 REAL_TOLERANCE = Tolerance(early=0.002, late=0.015)
@@ -73,8 +73,10 @@ class BackoffModel:
     then clamped to ``[floor, cap]`` *before* the jitter, or *after* it when
     ``cap_after_jitter`` (tenacity ``wait_exponential_jitter``, stamina).
     Jitter of a delay ``t``: none ``t``; full ``U(full_low, t)``; equal
-    ``t/2 + U(0, t/2)``; additive ``t + U(0, jitter_max)``; decorrelated (AWS)
-    ``min(cap, U(initial, 3 * previous))``.
+    ``t/2 + U(0, t/2)``; additive ``t + U(0, jitter_max)``; relative
+    ``t * U(1 - jitter_ratio, 1 + jitter_ratio)`` (``delay x (1 +- 10 %)``);
+    decorrelated (AWS) ``min(cap, U(initial, 3 * previous))``, where *previous* is the
+    previous *measured* delay, so its band depends on the point before it.
     """
 
     growth: Growth
@@ -87,6 +89,13 @@ class BackoffModel:
     full_low: float = 0.0
     cap_after_jitter: bool = False
     label: str = ""
+    jitter_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.jitter_ratio <= 1.0:
+            raise ValueError(f"jitter_ratio must be in [0, 1], got {self.jitter_ratio}")
+        if self.jitter == "relative" and not self.jitter_ratio:
+            raise ValueError('jitter="relative" needs a jitter_ratio > 0 (0.1 means +-10 %)')
 
     def raw(self, n: int) -> float:
         """The curve for retry *n* before cap, floor and jitter."""
@@ -120,6 +129,8 @@ class BackoffModel:
             lo, hi = min(self.full_low, t), t
         elif self.jitter == "equal":
             lo, hi = t / 2.0, t
+        elif self.jitter == "relative":
+            lo, hi = t * (1.0 - self.jitter_ratio), t * (1.0 + self.jitter_ratio)
         else:  # additive
             lo, hi = t, t + self.jitter_max
         if self.cap_after_jitter:
@@ -177,6 +188,8 @@ class BackoffModel:
             text += ", equal jitter"
         elif self.jitter == "additive":
             text += f", + U(0, {fmt_s(self.jitter_max)}) jitter"
+        elif self.jitter == "relative":
+            text += f", +-{self.jitter_ratio * 100:.3g} % jitter"
         if self.jitter != "none" and math.isfinite(self.cap):
             text += " (cap after jitter)" if self.cap_after_jitter else " (cap before jitter)"
         return text
@@ -188,14 +201,29 @@ class BackoffModel:
 # -- generic constructors ----------------------------------------------------------------
 
 
-def constant(delay: float, *, jitter: Jitter = "none", jitter_max: float = 0.0) -> BackoffModel:
-    """The same wait before every retry."""
-    return BackoffModel("constant", delay, jitter=jitter, jitter_max=jitter_max)
+def constant(
+    delay: float, *, jitter: Jitter = "none", jitter_max: float = 0.0, jitter_ratio: float = 0.0
+) -> BackoffModel:
+    """The same wait before every retry (``jitter="relative", jitter_ratio=0.1``: +-10 %)."""
+    return BackoffModel(
+        "constant", delay, jitter=jitter, jitter_max=jitter_max, jitter_ratio=jitter_ratio
+    )
 
 
-def linear(initial: float, step: float, *, cap: float = math.inf) -> BackoffModel:
-    """``initial + step * (n - 1)``."""
-    return BackoffModel("linear", initial, multiplier=step, cap=cap)
+def linear(
+    initial: float,
+    step: float,
+    *,
+    cap: float = math.inf,
+    jitter: Jitter = "none",
+    jitter_max: float = 0.0,
+    jitter_ratio: float = 0.0,
+) -> BackoffModel:
+    """``initial + step * (n - 1)``, capped, with the given jitter."""
+    return BackoffModel(
+        "linear", initial, multiplier=step, cap=cap, jitter=jitter, jitter_max=jitter_max,
+        jitter_ratio=jitter_ratio,
+    )
 
 
 def exponential(
@@ -207,8 +235,12 @@ def exponential(
     jitter: Jitter = "none",
     jitter_max: float = 0.0,
     cap_after_jitter: bool = False,
+    jitter_ratio: float = 0.0,
 ) -> BackoffModel:
-    """``initial * multiplier ** (n - 1)``, clamped, with the given jitter."""
+    """``initial * multiplier ** (n - 1)``, clamped, with the given jitter.
+
+    ``jitter="relative", jitter_ratio=0.1``: each delay is ``t * U(0.9, 1.1)``.
+    """
     return BackoffModel(
         "exponential",
         initial,
@@ -218,6 +250,7 @@ def exponential(
         jitter=jitter,
         jitter_max=jitter_max,
         cap_after_jitter=cap_after_jitter,
+        jitter_ratio=jitter_ratio,
     )
 
 
@@ -300,42 +333,116 @@ def stamina_default(
 # -- fitting: which simple curve do the measurements look like? ------------------------------
 
 
-def fit_simple_model(delays: Sequence[float]) -> BackoffModel | None:
+def fit_simple_model(
+    delays: Sequence[float], *, jitter_ratio: float = 0.0
+) -> BackoffModel | None:
     """The simplest of constant / exponential (capped or not) / linear that fits *delays*.
 
-    Returns the closest when none fits.
+    Returns the closest when none fits. ``None`` for fewer than two delays.
 
-    A fit is accepted when every point is within 10 % (+ 2 ms, less for
-    millisecond curves) of it; simpler
-    shapes win. ``None`` for fewer than two delays.
+    The curves are fitted robustly (Theil-Sen: medians of pairwise slopes), so one late
+    point does not bend them. A fit is accepted when every point is within 10 % (+ 2 ms,
+    less for millisecond curves) of its band; simpler shapes win. A growing shape must
+    rise by more than its scatter, so jitter around a constant is never called "linear".
+    Then, in turn: the simplest shape that fits all points but one; a constant with
+    relative jitter (``+- r``, r <= 50 %); the closest shape.
+
+    ``jitter_ratio``: the measured delays carry relative jitter ``delay x (1 +- r)`` (the
+    claimed model's): the shapes are compared with those jitter bands.
     """
+    fit = _fit(delays, jitter_ratio)
+    return fit[0] if fit is not None else None
+
+
+_FitHow = Literal["all", "all but one", "jitter", "closest"]
+
+
+def _theil_sen(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Slope and intercept from the medians of the pairwise slopes (robust to one outlier)."""
+    slopes = [
+        (ys[j] - ys[i]) / (xs[j] - xs[i])
+        for i in range(len(xs))
+        for j in range(i + 1, len(xs))
+        if xs[j] != xs[i]
+    ]
+    if not slopes:
+        return 0.0, statistics.median(ys)
+    slope = statistics.median(slopes)
+    return slope, statistics.median(y - slope * x for x, y in zip(xs, ys, strict=True))
+
+
+def _with_ratio(model: BackoffModel, ratio: float) -> BackoffModel:
+    return replace(model, jitter="relative", jitter_ratio=ratio) if ratio > 0 else model
+
+
+def _fit(
+    delays: Sequence[float], jitter_ratio: float = 0.0
+) -> tuple[BackoffModel, _FitHow, int | None] | None:
+    """The fitted model, how it fits, and the index of the point left out (if any)."""
     if len(delays) < 2:
         return None
     ns = list(range(1, len(delays) + 1))
-    candidates: list[BackoffModel] = [constant(statistics.median(delays))]
+    growing: list[BackoffModel] = []
     if all(d > 0 for d in delays):
-        k, c = _least_squares(ns, [math.log(d) for d in delays])
-        candidates.append(exponential(math.exp(c + k), math.exp(k)))
+        k, c = _theil_sen(ns, [math.log(d) for d in delays])
+        growing.append(exponential(math.exp(c + k), math.exp(k)))
         top = max(delays)
         rising = [(n, d) for n, d in zip(ns, delays, strict=True) if d < 0.95 * top]
         if len(rising) >= 2 and len(rising) <= len(delays) - 2:  # a plateau: a cap
-            k, c = _least_squares([n for n, _ in rising], [math.log(d) for _, d in rising])
-            candidates.append(exponential(math.exp(c + k), math.exp(k), cap=top))
-    slope, intercept = _least_squares(ns, list(delays))
-    candidates.append(linear(intercept + slope, slope))
+            k, c = _theil_sen([n for n, _ in rising], [math.log(d) for _, d in rising])
+            growing.append(exponential(math.exp(c + k), math.exp(k), cap=top))
+    slope, intercept = _theil_sen(ns, list(delays))
+    growing.append(linear(intercept + slope, slope))
+    middle = statistics.median(delays)
+    candidates = [_with_ratio(m, jitter_ratio) for m in [constant(middle), *growing]]
 
-    slack = min(0.002, 0.1 * statistics.median(delays))
+    slack = min(0.002, 0.1 * abs(middle))
 
-    def worst(model: BackoffModel) -> float:
-        return max(
-            abs(d - model.band(n)[0]) / (0.1 * abs(model.band(n)[0]) + slack + 1e-12)
-            for n, d in zip(ns, delays, strict=True)
+    def misses(model: BackoffModel) -> list[float]:
+        out: list[float] = []
+        for n, d in zip(ns, delays, strict=True):
+            lo, hi = model.band(n)
+            gap = lo - d if d < lo else (d - hi if d > hi else 0.0)
+            out.append(gap / (0.1 * abs(hi) + slack + 1e-12))
+        return out
+
+    def trend(model: BackoffModel) -> bool:
+        """A growing shape must rise by more than the scatter around it (and than jitter)."""
+        if model.growth == "constant":
+            return True
+        rise = abs(model.band(len(delays))[0] - model.band(1)[0]) / max(
+            1.0 - model.jitter_ratio, 1e-12
         )
+        scatter = max(
+            abs(d - sum(model.band(n)) / 2.0) for n, d in zip(ns, delays, strict=True)
+        )
+        return rise > 2.0 * scatter
 
-    for model in candidates:
-        if worst(model) <= 1.0:
-            return model
-    return min(candidates, key=worst)
+    # a constant wins when it fits; else the growing shape that fits best
+    if max(misses(candidates[0])) <= 1.0:
+        return candidates[0], "all", None
+    fits = [m for m in candidates[1:] if max(misses(m)) <= 1.0 and trend(m)]
+    if fits:
+        return min(fits, key=lambda m: max(misses(m))), "all", None
+    if len(delays) >= 4:
+        loo: list[tuple[int, float, BackoffModel, int]] = []
+        for rank, model in enumerate(candidates):
+            worst = misses(model)
+            bad = [i for i, w in enumerate(worst) if w > 1.0]
+            if len(bad) == 1 and trend(model):
+                rest = max(w for i, w in enumerate(worst) if i != bad[0])
+                loo.append((min(rank, 1), rest, model, bad[0]))
+        if loo:
+            _, _, model, left_out = min(loo, key=lambda t: (t[0], t[1]))
+            return model, "all but one", left_out
+    if not jitter_ratio and all(d > 0 for d in delays):
+        ratio = (max(delays) - min(delays)) / (max(delays) + min(delays))
+        if ratio <= 0.5:
+            step = 0.05
+            ratio = math.ceil(ratio / step - 1e-9) * step
+            centre = (max(delays) + min(delays)) / 2.0
+            return constant(centre, jitter="relative", jitter_ratio=ratio), "jitter", None
+    return min(candidates, key=lambda m: max(misses(m))), "closest", None
 
 
 def _least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -414,23 +521,45 @@ def expect_backoff(
         passed = passed and ok
         shown = "ok" if ok else ("+" if d > 0 else "") + fmt_s(d)
         rows.append([str(n + 1), _band_text(lo, hi), fmt_s(measured), shown, "" if ok else "<--"])
-        previous = measured
+        # decorrelated jitter: the next band is 3 x this wait; a wake-up up to `early`
+        # sooner than asked must not narrow it (a late one only widens it)
+        previous = measured + tol.early
 
     count_text = f"{attempts} attempts" if attempts is not None else f"{timeline.count} attempts"
     claim = f"{model.describe()}; {count_text}"
     notes: list[str] = []
     if attempts is not None and timeline.count != attempts:
-        notes.append(f"expected {attempts} attempts, observed {timeline.count}")
+        notes.append(
+            f"expected {attempts} attempts, observed {timeline.count}: "
+            f"{_reached_text(timeline.count)}, not {_times(attempts)}"
+        )
     clock_text = {
         "real": "measured on the real clock",
         "virtual": "virtual clock (exact)",
         "requested": "exact",
     }[timeline.clock]
     notes.append(f"source: {timeline.source or 'timeline'}, {clock_text}")
-    if any(d for d in off) and len(delays) >= 2:
-        fitted = fit_simple_model(delays)
-        if fitted is not None:
-            notes.append(f"the measured delays look like {fitted.describe()}, not {model._shape()}")
+    judged = [(i, d) for i, d in enumerate(off) if d is not None]
+    wrong = [(i, d) for i, d in judged if d]
+    fit = _fit(delays, model.jitter_ratio if model.jitter == "relative" else 0.0)
+    if len(wrong) == 1 and len(judged) >= 3:
+        i, d = wrong[0]
+        text = (
+            f"a single point is off: retry {i + 1} (attempt {i + 2}) came {fmt_s(abs(d))} "
+            f"{'late' if d > 0 else 'early'}"
+        )
+        if d > 0 and timeline.clock == "real":
+            text += " (a late wake-up on a busy machine?)"
+        notes.append(text + f"; the other {len(judged) - 1} delays follow the claimed curve")
+        if fit is not None and fit[1] == "all" and d < 0:
+            # every point, the early one included, lies on another simple curve
+            notes.append(f"the measured delays look like {fit[0].describe()}, not {model._shape()}")
+    elif wrong and fit is not None:
+        fitted, how, left_out = fit
+        text = f"the measured delays look like {fitted.describe()}, not {model._shape()}"
+        if how == "all but one" and left_out is not None:
+            text += f" (except retry {left_out + 1})"
+        notes.append(text)
     verdict = Verdict(
         kind="backoff",
         claim=claim,
@@ -722,6 +851,14 @@ def expect_amplification(
     notes = [f"{reached} attempts reached the dependency for {n_calls} logical calls"]
     if per_call:
         notes.append(f"worst single call: {max(per_call)} attempts")
+    outcome = _amplification_outcome(reached, n_calls, per_call)
+    if not passed:
+        allowed = at_most * n_calls
+        notes.insert(
+            0,
+            f"{outcome}; the claim allows at most {at_most:g} attempts per call "
+            f"({_retries(at_most - 1)} on average), {allowed:g} for {n_calls} calls",
+        )
     verdict = Verdict(
         kind="amplification",
         claim=f"retry amplification at most {at_most:g}x (observed {figure:.2f}x)",
@@ -731,5 +868,38 @@ def expect_amplification(
         headers=["call", "attempts"] if rows else [],
         rows=rows,
         notes=notes,
+        outcome=outcome,
     )
     return verdict.check()
+
+
+def _times(count: float) -> str:
+    return "once" if count == 1 else f"{count:g} times"
+
+
+def _retries(count: float) -> str:
+    return f"{count:g} retry" if count == 1 else f"{count:g} retries"
+
+
+def _reached_text(attempts: int) -> str:
+    """``the call reached the dependency 4 times (3 retries)``."""
+    return f"the call reached the dependency {_times(attempts)} ({_retries(max(attempts - 1, 0))})"
+
+
+def _amplification_outcome(reached: int, calls: int, per_call: Sequence[int]) -> str:
+    """What happened, in the claim's words: how often each call reached the dependency."""
+    if not calls:
+        return f"{reached} attempts reached the dependency without any logical call"
+    if per_call and len(set(per_call)) == 1:
+        each = per_call[0]
+        who = "the call" if len(per_call) == 1 else f"each of the {len(per_call)} calls"
+        return f"{who} reached the dependency {_times(each)} ({_retries(each - 1)})"
+    figure = reached / calls
+    text = (
+        f"the {calls} calls reached the dependency {_times(round(figure, 2))} on average "
+        f"({_retries(round(figure - 1, 2))})"
+    )
+    if per_call:
+        worst = max(per_call)
+        text += f"; the worst call {_times(worst)} ({_retries(worst - 1)})"
+    return text
