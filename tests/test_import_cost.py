@@ -20,6 +20,8 @@ pytestmark = pytest.mark.timeout(120)
 
 #: Modules a collect-only run of an empty directory must not import.
 HEAVY = (
+    "pytest_resilience.fixtures._leakcheck",
+    "pytest_resilience.fixtures._http",
     "pytest_resilience.observe.resources",
     "pytest_resilience.verdicts.leaks",
     "pytest_resilience.services",
@@ -98,3 +100,30 @@ def test_a_run_that_runs_tests_remembers_its_seed(tmp_path: Path) -> None:
     assert result["spawned"] == []
     seed = tmp_path / ".pytest_cache" / "v" / "resilience" / "seed"
     assert json.loads(seed.read_text()) == 31337
+
+
+LAZY_NAMES = """
+import sys
+from pytest_resilience.fixtures import http, leaks
+
+for module in (leaks, http):
+    for probe in ("_mock_name", "__wrapped__", "pytest_plugins", "pytestmark"):
+        assert not hasattr(module, probe), (module.__name__, probe)
+assert "pytest_resilience.fixtures._leakcheck" not in sys.modules
+assert "pytest_resilience.fixtures._http" not in sys.modules
+from pytest_resilience import LeakChecker
+from pytest_resilience.fixtures.http import HttpBackends
+from pytest_resilience.fixtures._leakcheck import LeakChecker as real_checker
+from pytest_resilience.fixtures._http import HttpBackends as real_backends
+assert LeakChecker is real_checker and leaks.LeakCheck.__name__ == "LeakCheck"
+assert HttpBackends is real_backends
+print("OK")
+"""
+
+
+def test_the_machinery_behind_the_shims_loads_on_first_use_only() -> None:
+    """``fixtures.leaks`` and ``fixtures.http`` serve their heavy names lazily; the
+    attribute probes of pytest's fixture scan neither find nor import anything."""
+    proc = subprocess.run([sys.executable, "-c", LAZY_NAMES], capture_output=True, text=True,
+                          timeout=100, check=False)
+    assert proc.stdout.strip() == "OK", proc.stderr[-3000:]

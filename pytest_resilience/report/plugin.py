@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_resilience.config import settings_key
-from pytest_resilience.report.record import RunRecord
 from pytest_resilience.report.state import (
     ATTACHMENT_PROPERTY,
     PROPERTY_NAME,
@@ -21,6 +20,9 @@ from pytest_resilience.report.state import (
     verdicts_of_report,
 )
 from pytest_resilience.verdicts.core import Verdict, pop_sink, push_sink
+
+if TYPE_CHECKING:
+    from pytest_resilience.report.record import RunRecord
 
 #: Checks that run around every test when switched on: their passing verdicts get no
 #: report section and are counted, not listed, in the terminal summary.
@@ -34,7 +36,7 @@ SECTIONS = {"leaks": "resilience: leaks", "clock-sources": "virtual clock"}
 OWN_SECTIONS = frozenset(f"Captured fault timeline {when}"
                          for when in ("setup", "call", "teardown"))
 
-record_key = pytest.StashKey[RunRecord]()
+record_key: pytest.StashKey[RunRecord] = pytest.StashKey()
 
 
 def _quiet(verdict: Verdict) -> bool:
@@ -67,6 +69,8 @@ def _quotes(failure: list[str], text: str) -> bool:
 
 @pytest.hookimpl(trylast=True)  # after the plugin's own configure put the settings
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_resilience.report.record import RunRecord  # not needed before: lazily
+
     record = RunRecord(seed=config.stash[settings_key].seed, started=time.time())
     config.stash[record_key] = record
     config.pluginmanager.register(Reporter(config, record), "resilience-report")

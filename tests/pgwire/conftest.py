@@ -5,11 +5,11 @@ owner (see pytest_resilience.pgwire)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from pgwire_helpers import wait_backends
 
 from pytest_resilience.pgwire import PgFaultProxy, start
 from pytest_resilience.services.postgres import PostgresDatabase, PostgresServer
@@ -41,21 +41,6 @@ def stage(pg_stage: PgFaultProxy, postgres_db: PostgresDatabase) -> Iterator[PgF
 def dsn(stage: PgFaultProxy, postgres_db: PostgresDatabase) -> str:
     """The test database's DSN through the stage (no SSL attempt needed: it answers N)."""
     return stage.dsn_for(postgres_db.dsn)
-
-
-def wait_backends(db: PostgresDatabase, where: str, want: int = 0,
-                  timeout: float = 5.0) -> list[tuple[object, ...]]:
-    """Backends of ``db`` matching ``where`` (seen from a direct connection), polled until
-    there are ``want`` of them (a closed client's backend exits asynchronously)."""
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(db.dsn, autocommit=True) as conn:
-        while True:
-            rows = conn.execute(
-                "SELECT pid, state, query FROM pg_stat_activity WHERE datname = %s "
-                f"AND pid <> pg_backend_pid() AND ({where})", (db.dbname,)).fetchall()
-            if len(rows) == want or time.monotonic() > deadline:
-                return rows
-            conn.execute("SELECT pg_sleep(0.01)")
 
 
 @pytest.fixture

@@ -296,6 +296,6 @@ def test_sqlalchemy(stage: PgFaultProxy, dsn: str, postgres_db: PostgresDatabase
 
 
 def wait_backends(db: PostgresDatabase, where: str) -> list[tuple[object, ...]]:
-    from conftest import wait_backends as wait
+    from pgwire_helpers import wait_backends as wait
 
     return wait(db, where)
