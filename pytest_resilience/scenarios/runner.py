@@ -177,7 +177,7 @@ class _Faults:
     or every 20 ms in a load run; ``every`` repeats a step); the timeline notes what ran."""
 
     def __init__(self, steps: list[FaultStep], services: dict[str, ServiceHandle],
-                 timeline: Timeline) -> None:
+                 timeline: Timeline, breaker: Any = None) -> None:
         from pytest_resilience.soak.schedule import FaultSchedule
 
         self.services = services
@@ -185,6 +185,8 @@ class _Faults:
         self.schedule = FaultSchedule(note=timeline.note)
         #: calls completed so far (the drive sets it: an ``after: N calls`` trigger)
         self.completed: Callable[[], int] = lambda: 0
+        #: the target's BreakerObserver (``after: breaker opened``)
+        self.breaker = breaker
         for index, step in enumerate(steps):
             self.schedule.add(self._label(index, step), self._applier(index, step),
                               at=step.at, for_=step.for_, every=step.every,
@@ -203,6 +205,14 @@ class _Faults:
         if m["calls"] is not None:
             n = int(m["calls"])
             return lambda: self.completed() >= n
+        if m["breaker"] is not None:
+            from pytest_resilience.observe.breaker import normalize_state
+
+            word = m["breaker"].replace("-", "_")
+            state = normalize_state("half_open" if word.startswith("half") else
+                                    "open" if word.startswith("open") else word)
+            observer = self.breaker
+            return lambda: observer is not None and state in observer.states()[1:]
         n = int(m["requests"])
         service = self.services[m["service"]]
         route = " ".join(m["route"].split()) if m["route"] else None
@@ -900,7 +910,7 @@ def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], T
         observer = BreakerObserver(name="the target's breaker")
         kwargs["breaker"] = observer
     timeline = Timeline()
-    faults = _Faults(steps, services, timeline)
+    faults = _Faults(steps, services, timeline, breaker=observer)
     lag: list[float] = []
     sites: list[str | None] = []
     if inspect.iscoroutinefunction(fn):

@@ -59,7 +59,8 @@ _ROUTE = re.compile(r"^[A-Z]+ /\S*$")
 AFTER = re.compile(
     r"^\s*(?:faults\[(?P<step>\d+)\]|(?P<calls>\d+)\s+calls?"
     r"|(?P<requests>\d+)\s+requests?\s+to\s+(?P<service>[A-Za-z_][\w-]*)"
-    r"(?:\s+(?P<route>[A-Z]+\s+/\S*))?)\s*$")
+    r"(?:\s+(?P<route>[A-Z]+\s+/\S*))?"
+    r"|breaker\s+(?P<breaker>opened|open|half[_-]open(?:ed)?|closed))\s*$")
 
 
 class _Model(BaseModel):
@@ -165,15 +166,17 @@ class FaultStep(BaseModel):
         None, json_schema_extra={"pattern": AFTER.pattern},
         description="start 'at' seconds after a trigger instead of the drive's start: "
         "'faults[0]' (that step's window ended), '10 calls' (completed), "
-        "'5 requests to trends_api' or '5 requests to trends_api GET /trends'")
+        "'5 requests to trends_api' or '5 requests to trends_api GET /trends', "
+        "'breaker opened' (the target's breaker reached that state; needs expect.breaker)")
 
     @field_validator("after")
     @classmethod
     def _after(cls, value: str | None) -> str | None:
         if value is not None and not AFTER.match(value):
             raise ValueError(f"{value!r} is not a trigger; write 'faults[0]' (after that "
-                             "step ended), '10 calls' (completed) or '5 requests to "
-                             "<backend>' (optionally followed by a route: GET /trends)")
+                             "step ended), '10 calls' (completed), '5 requests to "
+                             "<backend>' (optionally followed by a route: GET /trends) or "
+                             "'breaker opened' / 'breaker half_open' / 'breaker closed'")
         return value
 
     @model_validator(mode="after")
@@ -458,6 +461,11 @@ class Scenario(_Model):
                 raise ValueError(f"faults[{i}].after: {step.after!r} must name an earlier "
                                  f"step (faults[0]..faults[{i - 1}])" if i else
                                  f"faults[{i}].after: the first step cannot wait for a step")
+            if trigger is not None and trigger["breaker"] is not None \
+                    and self.expect.breaker is None:
+                raise ValueError(f"faults[{i}].after: {step.after!r} watches the target's "
+                                 "breaker: add expect.breaker (the target reports its "
+                                 "transitions to its 'breaker' parameter)")
             if trigger is not None and trigger["service"] is not None:
                 target = trigger["service"]
                 tspec = self.services.get(target)

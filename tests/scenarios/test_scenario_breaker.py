@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -52,16 +53,31 @@ def through_outage(api_url, breaker, fail_max=3):
 
 def no_observer(api_url):
     return 1
+
+
+_BREAKERS = {}
+
+
+def one_call(api_url, breaker):
+    """One call through a breaker that lives as long as the scenario's observer."""
+    cb = _BREAKERS.setdefault(id(breaker), Breaker(breaker, 3))
+    fetch = breaker.backend(lambda: httpx.get(api_url + "/t", timeout=5).raise_for_status())
+    try:
+        breaker.call(lambda: cb.call(fetch))
+    except Exception:
+        return "failed"
+    return "ok"
 '''
 
 
-def _run(pytester: pytest.Pytester, body: str) -> pytest.RunResult:
+def _run(pytester: pytest.Pytester, body: str, *args: str) -> pytest.RunResult:
     pytester.makepyfile(targets=TARGETS)
     scenarios = pytester.path / "scenarios"
     scenarios.mkdir(exist_ok=True)
     (scenarios / "b.yaml").write_text(textwrap.dedent(body))
     return pytester.runpytest_subprocess("-p", "pytest_resilience", "-p", "no:randomly",
-                                         "-p", "no:cacheprovider", "scenarios", timeout=120)
+                                         "-p", "no:cacheprovider", "scenarios", *args,
+                                         timeout=120)
 
 
 YAML = """
@@ -111,3 +127,48 @@ def test_a_target_without_a_breaker_parameter_is_told_how(pytester: pytest.Pytes
     out = result.stdout.str()
     assert "give target.call a 'breaker' parameter" in out
     assert "Traceback" not in out
+
+
+def test_a_step_triggered_when_the_breaker_opens(pytester: pytest.Pytester) -> None:
+    """`after: breaker opened`: the API recovers as soon as the breaker opens; the calls
+    it rejects while open never reach it (3 attempts, then fail-fast)."""
+    report = pytester.path / "out"
+    result = _run(pytester, """
+        name: the API recovers once the breaker opened
+        services:
+          api:
+            routes:
+              GET /t: ["503 x*"]
+        target:
+          call: targets:one_call
+        faults:
+          - {on: api, script: ["200 x*"], after: breaker opened}
+        drive: {calls: 6}
+        expect:
+          breaker: {states: [closed, open], opens_after: 3}
+          attempts: {service: api, exactly: 3}
+    """, f"--resilience-report={report}")
+    result.assert_outcomes(passed=1)
+    tests = json.loads((report / "results.json").read_text())["tests"]
+    events = [what for a in tests[0]["attachments"] if a["kind"] == "fault-timeline"
+              for _, what in a["events"]]
+    assert any("triggered faults[0]" in e and "(after breaker opened)" in e
+               for e in events), events
+
+
+def test_a_breaker_trigger_needs_expect_breaker(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, """
+        name: no breaker expectation
+        services:
+          api:
+            routes:
+              GET /t: ["503 x*"]
+        target:
+          call: targets:through_outage
+        faults:
+          - {on: api, fault: reset, after: breaker opened}
+        expect:
+          error_rate: 1
+    """)
+    result.assert_outcomes(failed=1)
+    assert "watches the target's breaker: add expect.breaker" in result.stdout.str()
