@@ -153,39 +153,20 @@ def _yaml_scalar(value: Any) -> str:
 
 def _applier(step: Step, proxies: Mapping[str, Any],
              backends: Mapping[str, Any]) -> Callable[[], Callable[[], None]]:
+    from pytest_resilience.soak.schedule import http_fault, network_fault
+
     attrs = dict(step.attributes)
     if step.fault in HTTP:
         backend = backends.get(step.on)
         if backend is None:
             raise ConfigError(f"{step.fault} needs an HTTP backend named {step.on!r}; "
                               f"backends: {sorted(backends)}")
-
-        def apply_http() -> Callable[[], None]:
-            restore: Callable[[], None] = backend.rescript(
-                None, [{"fault": step.fault, **attrs, "times": "forever"}])
-            return restore
-
-        return apply_http
+        return http_fault(backend, None, [{"fault": step.fault, **attrs, "times": "forever"}])
     proxy = proxies.get(step.on)
     if proxy is None:
         raise ConfigError(f"{step.fault} needs a proxy named {step.on!r}; proxies: "
                           f"{sorted(proxies)}")
-    proxy = getattr(proxy, "proxy", proxy)
-
-    def apply_network() -> Callable[[], None]:
-        if step.fault == "down":
-            proxy.disable()
-            enable: Callable[[], None] = proxy.enable
-            return enable
-        if step.fault == "fail_first":
-            armed = proxy.fail_first(**attrs)
-            disarm: Callable[[], None] = armed.remove
-            return disarm
-        toxic = proxy.add_toxic(step.fault, attrs)
-        remove: Callable[[], None] = toxic.remove
-        return remove
-
-    return apply_network
+    return network_fault(proxy, step.fault, attrs)
 
 
 def fault_schedules(*, proxies: Sequence[str] = (), backends: Sequence[str] = (),

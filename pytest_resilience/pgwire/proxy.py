@@ -444,29 +444,7 @@ class _Conn:
             self._slow(data)
             return
         self.client.write(data)  # forwarded first, its boundaries followed after
-        if self.hdr:
-            self._scan(data)
-            return
-        pos = self.skip
-        n = len(data)
-        if pos >= n:
-            self.skip = pos - n
-            return
-        head = _head
-        last = n - 5
-        z = 0
-        while pos <= last:
-            kind, length = head(data, pos)
-            if kind == 90:  # ReadyForQuery (a literal: no global lookup per message)
-                z += 1
-            pos += 1 + length
-        if z:
-            self.recv_z += z
-        if pos < n:
-            self.hdr += data[pos:]
-            self.skip = 0
-        else:
-            self.skip = pos - n
+        self._scan(data)
 
     def _scan(self, data: bytes) -> None:
         """Follow message boundaries over forwarded bytes; count ReadyForQuery messages."""

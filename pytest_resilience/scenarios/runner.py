@@ -229,38 +229,27 @@ class _Faults:
         return label
 
     def _applier(self, index: int, step: FaultStep) -> Callable[[], Callable[[], None]]:
-        def apply() -> Callable[[], None]:
-            service = self.services[step.on]
-            if step.postgres:
+        from pytest_resilience.soak.schedule import http_fault, network_fault
+
+        service = self.services[step.on]
+        if step.postgres:
+            def apply_rule() -> Callable[[], None]:
                 rule = getattr(service.stage, str(step.fault))(**step.attributes)
                 disarm_rule: Callable[[], None] = rule.disarm
                 return disarm_rule
-            if step.http:
-                if service.backend is None:
-                    raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not an HTTP "
-                                             "backend")
-                steps: Any = step.script if step.script is not None else [
-                    {"fault": step.fault, **step.attributes, "times": "forever"}]
-                restore: Callable[[], None] = service.backend.rescript(step.route, steps)
-                return restore
-            if service.proxy is None:
-                raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a "
-                                         "proxy; set proxy: true on the service")
-            if step.fault == "down":
-                service.proxy.disable()
-                enable: Callable[[], None] = service.proxy.enable
-                return enable
-            if step.fault == "fail_first":  # an engine extension, not a toxic
-                armed = service.proxy.fail_first(**step.attributes)
-                disarm: Callable[[], None] = armed.remove
-                return disarm
-            attrs = step.attributes
-            options = {k: attrs.pop(k) for k in ("stream", "toxicity", "name") if k in attrs}
-            toxic = service.proxy.add_toxic(step.fault, attrs, **options)
-            remove: Callable[[], None] = toxic.remove
-            return remove
 
-        return apply
+            return apply_rule
+        if step.http:
+            if service.backend is None:
+                raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not an HTTP "
+                                         "backend")
+            steps: Any = step.script if step.script is not None else [
+                {"fault": step.fault, **step.attributes, "times": "forever"}]
+            return http_fault(service.backend, step.route, steps)
+        if service.proxy is None:
+            raise ScenarioUsageError(f"faults[{index}]: {step.on!r} is not behind a proxy; "
+                                     "set proxy: true on the service")
+        return network_fault(service.proxy, str(step.fault), step.attributes)
 
     def tick(self, now: float) -> None:
         self.schedule.tick(now)
@@ -733,20 +722,9 @@ def _run_load(scenario: Scenario, request: pytest.FixtureRequest, fn: Callable[.
             finish(item, driver.record)
     assert driver is not None
     record = driver.record
-    verdicts = _load_verdicts(scenario, record)
-    for verdict in verdicts:
-        collect(verdict)
-    request.node.add_report_section("call", "fault timeline", timeline.text())
-    attach(request.node, "fault-timeline",
-           events=[[round(at, 6), what] for at, what in timeline.events])
-    failed = [v for v in verdicts if not v.passed]
-    if failed:
-        text = "\n\n".join(v.text() for v in failed)
-        pytest.fail(f"scenario {scenario.name!r}: {len(failed)} of {len(verdicts)} "
-                    f"expectations failed\n\n{text}\n\n{timeline.text()}", pytrace=False)
-    if not verdicts:
-        pytest.fail(f"scenario {scenario.name!r} expects nothing of its load run: add "
-                    "expect.error_rate, expect.latency or expect.drift", pytrace=False)
+    _conclude(scenario, request, _load_verdicts(scenario, record), timeline,
+              empty="expects nothing of its load run: add expect.error_rate, "
+              "expect.latency or expect.drift")
 
 
 def _load_verdicts(scenario: Scenario, record: Any) -> list[Verdict]:
@@ -754,20 +732,10 @@ def _load_verdicts(scenario: Scenario, record: Any) -> list[Verdict]:
 
     expect = scenario.expect
     out: list[Verdict] = []
-    totals = record.totals
     if expect.error_rate is not None:
-        calls = int(totals.get("calls", 0))
-        errors = int(totals.get("errors", 0))
-        rate = errors / calls if calls else 1.0
-        types = totals.get("error_types") or {}
-        out.append(Verdict(
-            kind="error-rate", claim=f"at most {expect.error_rate:.1%} of calls fail",
-            passed=bool(calls) and rate <= expect.error_rate,
-            expected={"max": expect.error_rate},
-            observed={"rate": rate, "failed": errors, "calls": calls, "types": types},
-            outcome=(f"{errors} of {calls} failed ({rate:.2%})" if calls
-                     else "not measured: no call completed")
-            + (": " + ", ".join(f"{n} {t}" for t, n in types.items()) if types else "")))
+        from pytest_resilience.soak.session import error_rate_verdict
+
+        out.append(error_rate_verdict(record, expect.error_rate))
     if expect.latency is not None:
         h = record.histogram
         rows = []
@@ -881,6 +849,16 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
                   prepared.services, timeline)
         return
     verdicts, timeline = _once(prepared, list(scenario.faults))
+    _conclude(scenario, request, verdicts, timeline,
+              empty=None if scenario.expect.no_leaks else "expects nothing: add an 'expect' "
+              "section (a scenario that checks nothing cannot fail)")
+
+
+def _conclude(scenario: Scenario, request: pytest.FixtureRequest, verdicts: list[Verdict],
+              timeline: Timeline, *, empty: str | None) -> None:
+    """Record the verdicts and the timeline as it ran; fail with the failed verdicts'
+    tables, or with ``empty`` when nothing was judged."""
+    __tracebackhide__ = True
     for verdict in verdicts:
         if verdict.kind not in ("backoff", "breaker"):  # their expect_* collected them
             collect(verdict)
@@ -892,9 +870,8 @@ def _run(scenario: Scenario, request: pytest.FixtureRequest, params: dict[str, A
         text = "\n\n".join(v.text() for v in failed)
         pytest.fail(f"scenario {scenario.name!r}: {len(failed)} of {len(verdicts)} "
                     f"expectations failed\n\n{text}\n\n{timeline.text()}", pytrace=False)
-    if not verdicts and not scenario.expect.no_leaks:
-        pytest.fail(f"scenario {scenario.name!r} expects nothing: add an 'expect' section "
-                    "(a scenario that checks nothing cannot fail)", pytrace=False)
+    if not verdicts and empty is not None:
+        pytest.fail(f"scenario {scenario.name!r} {empty}", pytrace=False)
 
 
 def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], Timeline]:

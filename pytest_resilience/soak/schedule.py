@@ -23,7 +23,47 @@ from typing import Any
 from pytest_resilience.errors import ConfigError
 from pytest_resilience.soak.record import Stage
 
-__all__ = ["FaultSchedule"]
+__all__ = ["FaultSchedule", "http_fault", "network_fault"]
+
+#: toxic options (not attributes) a fault step may carry next to the attributes
+TOXIC_OPTIONS = ("stream", "toxicity", "name")
+
+
+def network_fault(proxy: Any, fault: str, attributes: dict[str, Any] | None = None
+                  ) -> Callable[[], Callable[[], None]]:
+    """``apply()`` for a network fault of the vocabulary on ``proxy`` (a client ``Proxy``,
+    or anything with a ``.proxy``): ``down``, ``fail_first`` or a toxic (its options
+    ``stream``/``toxicity``/``name`` taken from ``attributes``); it returns the heal."""
+    target = getattr(proxy, "proxy", proxy)
+    attrs = dict(attributes or {})
+
+    def apply() -> Callable[[], None]:
+        if fault == "down":
+            target.disable()
+            enable: Callable[[], None] = target.enable
+            return enable
+        if fault == "fail_first":  # an engine extension, not a toxic
+            armed = target.fail_first(**attrs)
+            disarm: Callable[[], None] = armed.remove
+            return disarm
+        toxic_attrs = dict(attrs)
+        options = {k: toxic_attrs.pop(k) for k in TOXIC_OPTIONS if k in toxic_attrs}
+        toxic = target.add_toxic(fault, toxic_attrs, **options)
+        remove: Callable[[], None] = toxic.remove
+        return remove
+
+    return apply
+
+
+def http_fault(backend: Any, route: str | None, steps: Any) -> Callable[[], Callable[[], None]]:
+    """``apply()`` re-scripting ``route`` of an HTTP backend (``None``: all its routes)
+    with ``steps``; it returns the restore."""
+
+    def apply() -> Callable[[], None]:
+        restore: Callable[[], None] = backend.rescript(route, steps)
+        return restore
+
+    return apply
 
 
 @dataclass
@@ -102,26 +142,16 @@ class FaultSchedule:
         target = getattr(proxy, "proxy", proxy)
         text = ", ".join(f"{k}={v}" for k, v in attributes.items())
         label = f"{kind} on {getattr(target, 'name', 'proxy')}" + (f" ({text})" if text else "")
-
-        def apply() -> Callable[[], None]:
-            toxic = target.add_toxic(kind, attributes, stream=stream, toxicity=toxicity)
-            remove: Callable[[], None] = toxic.remove
-            return remove
-
+        apply = network_fault(target, kind, {**attributes, "stream": stream,
+                                             "toxicity": toxicity})
         return self.add(label, apply, at=at, for_=for_, every=every)
 
     def down(self, proxy: Any, *, at: float = 0.0, for_: float | None = None,
              every: float | None = None) -> FaultSchedule:
         """``proxy`` disabled (connections refused and cut) for the window."""
         target = getattr(proxy, "proxy", proxy)
-
-        def apply() -> Callable[[], None]:
-            target.disable()
-            enable: Callable[[], None] = target.enable
-            return enable
-
-        return self.add(f"down: {getattr(target, 'name', 'proxy')}", apply, at=at, for_=for_,
-                        every=every)
+        return self.add(f"down: {getattr(target, 'name', 'proxy')}",
+                        network_fault(target, "down"), at=at, for_=for_, every=every)
 
     # -- running (the driver's FaultCycle) ------------------------------------------------
 

@@ -171,18 +171,23 @@ class SoakResult:
         __tracebackhide__ = True
         from pytest_resilience.soak.drift import DriftFailed
 
-        calls = int(self.record.totals.get("calls", 0))
-        errors = int(self.record.totals.get("errors", 0))
-        rate = errors / calls if calls else 1.0
-        types = self.record.totals.get("error_types") or {}
-        return Verdict(
-            kind="error-rate", claim=f"at most {at_most:.1%} of calls fail",
-            passed=bool(calls) and rate <= at_most, expected={"at_most": at_most},
-            observed={"errors": errors, "calls": calls, "rate": rate, "types": types},
-            outcome=(f"{errors} of {calls} failed ({rate:.2%})" if calls
-                     else "not measured: no call completed")
-            + (": " + ", ".join(f"{n} {t}" for t, n in types.items()) if types else ""),
-        ).check(DriftFailed)
+        return error_rate_verdict(self.record, at_most).check(DriftFailed)
+
+
+def error_rate_verdict(record: SoakRecord, at_most: float) -> Verdict:
+    """The share of a run's calls that raised, against ``at_most`` (naming the errors)."""
+    calls = int(record.totals.get("calls", 0))
+    errors = int(record.totals.get("errors", 0))
+    rate = errors / calls if calls else 1.0
+    types = record.totals.get("error_types") or {}
+    return Verdict(
+        kind="error-rate", claim=f"at most {at_most:.1%} of calls fail",
+        passed=bool(calls) and rate <= at_most, expected={"max": at_most},
+        observed={"rate": rate, "failed": errors, "calls": calls, "types": types},
+        outcome=(f"{errors} of {calls} failed ({rate:.2%})" if calls
+                 else "not measured: no call completed")
+        + (": " + ", ".join(f"{n} {t}" for t, n in types.items()) if types else ""),
+    )
 
 
 def _attempts(watch: Iterable[Any]) -> Callable[[], int] | None:

@@ -1,7 +1,5 @@
-"""A Postgres fault stage in front of the session's server, for the pgwire tests.
-
-Test-local wiring: the plugin's own ``pg_fault`` fixture is to be added by the fixtures'
-owner (see pytest_resilience.pgwire)."""
+"""The plugin's Postgres fault stage (the one behind ``pg_fault``), for the pgwire
+tests, with a check that no backend is left idle in a transaction."""
 
 from __future__ import annotations
 
@@ -11,17 +9,14 @@ import psycopg
 import pytest
 from pgwire_helpers import wait_backends
 
-from pytest_resilience.pgwire import PgFaultProxy, start
-from pytest_resilience.services.postgres import PostgresDatabase, PostgresServer
+from pytest_resilience.pgwire import PgFaultProxy
+from pytest_resilience.services.postgres import PostgresDatabase
 
 
 @pytest.fixture(scope="session")
-def pg_stage(postgres: PostgresServer) -> Iterator[PgFaultProxy]:
-    proxy = start(postgres.host, postgres.port)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
+def pg_stage(_resilience_pg_stage: PgFaultProxy) -> PgFaultProxy:
+    """The plugin's session stage in front of the server (the one ``pg_fault`` uses)."""
+    return _resilience_pg_stage
 
 
 @pytest.fixture
