@@ -29,6 +29,25 @@ async def fetch_with_retries(trends_api_url: str) -> Any:
     return _plain(run.served[0])
 
 
+async def clients_fail_together(trends_api_url: str, clients: int = 8) -> dict[str, int]:
+    """*clients* service instances (each its own HTTP connection, production retry policy:
+    waits 0.25-0.5 s, then 0.5-1 s) hit the same outage at the same moment; how many
+    served live and stale answers. Without jitter they all retry at the same instant (a
+    thundering herd)."""
+    import asyncio
+
+    from .config import PRODUCTION
+    from .trends import TrendsClient
+
+    async def one() -> Any:
+        async with TrendsClient(trends_api_url, PRODUCTION) as client:
+            return _plain(await client.get_trends())
+
+    served = await asyncio.gather(*(one() for _ in range(clients)))
+    return {"live": sum(1 for s in served if s.get("stale") is False),
+            "stale": sum(1 for s in served if s.get("stale") is True)}
+
+
 async def served_while_api_down(trends_api_url: str, calls: int = 8) -> list[Any]:
     """What each call served while the API went down after one good answer."""
     served = await claims.fallback_while_api_down(trends_api_url=trends_api_url, calls=calls)

@@ -17,13 +17,21 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from pytest_resilience.report.state import attach
 from pytest_resilience.scenarios.schema import Backoff, FaultStep, Scenario
-from pytest_resilience.verdicts.core import Verdict, VerdictFailed, collect, fmt_s, render_table
+from pytest_resilience.verdicts.core import (
+    Verdict,
+    VerdictFailed,
+    collect,
+    fmt_s,
+    pop_sink,
+    push_sink,
+    render_table,
+)
 
 __all__ = ["run_scenario"]
 
@@ -56,6 +64,7 @@ class Call:
     elapsed: float
     value: Any = None
     error: BaseException | None = None
+    window: tuple[float, float] = (0.0, 0.0)  # time.monotonic() at its start and its end
 
     @property
     def ok(self) -> bool:
@@ -286,6 +295,7 @@ def _drive_sync(fn: Callable[..., Any], kwargs: dict[str, Any], scenario: Scenar
         except Exception as exc:
             call.error = exc
         call.elapsed = time.monotonic() - began
+        call.window = (began, began + call.elapsed)
         calls.append(call)
         if drive.every and i + 1 < calls_n:
             time.sleep(drive.every)
@@ -326,12 +336,14 @@ async def _drive_async_calls(fn: Callable[..., Any], kwargs: dict[str, Any],
         now = loop.time() - start
         faults.tick(now)
         began = loop.time()
+        real = time.monotonic()
         call = Call(i, now, 0.0)
         try:
             call.value = await fn(**kwargs)
         except Exception as exc:
             call.error = exc
         call.elapsed = loop.time() - began
+        call.window = (real, time.monotonic())
         calls.append(call)
         if drive.every and i + 1 < calls_n:
             await asyncio.sleep(drive.every)
@@ -546,19 +558,38 @@ def _verdict_attempts(spec: Any, services: dict[str, ServiceHandle]) -> Verdict:
     )
 
 
-def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: str) -> Verdict:
+def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: str,
+                     calls: list[Call]) -> list[Verdict]:
+    """The curve of each retry timeline (per call, per client connection, or one for the
+    run), and - when jitter is claimed over several timelines - that they do not retry in
+    lock-step."""
     from pytest_resilience.observe.attempts import from_requests
     from pytest_resilience.verdicts import backoff as models
 
     service = services[spec.service]
+    kind: Literal["real", "virtual"] = "real" if clock != "virtual" else "virtual"
+    unit = {"call": "call", "connection": "client connection", "run": "run"}[spec.per]
     if service.backend is None:  # a TCP service: each accepted connection is an attempt
         from pytest_resilience.observe.attempts import from_toxiproxy_events
 
-        timeline = from_toxiproxy_events(_connections(service))
+        if spec.per == "connection":
+            raise ScenarioUsageError(
+                f"expect.backoff.per: connection needs an HTTP backend; {spec.service!r} "
+                "is a TCP service, where each connection is one attempt (use per: call)")
+        events = _connections(service)
+        groups = _per_call(events, calls, spec.per, lambda e: float(getattr(e, "time", 0.0)))
+        timelines = [from_toxiproxy_events(group) for group in groups]
     else:
         records = _requests(service, spec.route)
-        timeline = from_requests(records, clock="virtual" if clock == "virtual" else "real",
-                                 source=f"{spec.service} request log")
+        if spec.per == "connection":
+            by_conn: dict[int, list[Any]] = {}
+            for record in records:
+                by_conn.setdefault(record.connection, []).append(record)
+            groups = list(by_conn.values())
+        else:
+            groups = _per_call(records, calls, spec.per, lambda r: float(r.arrived))
+        source = f"{spec.service} request log"
+        timelines = [from_requests(group, clock=kind, source=source) for group in groups]
     cap = spec.cap if spec.cap is not None else math.inf
     if spec.model == "exponential":
         model = models.exponential(spec.initial, spec.multiplier, cap=cap, jitter=spec.jitter,
@@ -570,11 +601,78 @@ def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: s
     tolerance: Any = spec.tolerance
     if isinstance(tolerance, list):
         tolerance = tuple(tolerance)
+
+    sink: list[Verdict] = []
+    push_sink(sink)  # judged here, collected once by _conclude
     try:
-        return models.expect_backoff(timeline, model, attempts=spec.attempts,
-                                     tolerance=tolerance)
+        curves = [_judge(models.expect_backoff, t, model, attempts=spec.attempts,
+                         tolerance=tolerance) for t in timelines] if spec.curve else []
+        spread = spec.spread if spec.spread is not None else (
+            spec.jitter != "none" and (len(timelines) >= 2 or not spec.curve))
+        jitter = None
+        if spread:
+            if model.exact:
+                raise ScenarioUsageError(
+                    "expect.backoff.spread: true needs a jittered curve (set jitter:); a "
+                    "curve without jitter retries in lock-step by design")
+            jitter = _judge(models.expect_jitter, timelines, model)
+    finally:
+        pop_sink(sink)
+    verdicts = [] if not spec.curve else [
+        curves[0] if len(curves) == 1 else _each(curves, unit)] if curves else [
+        _not_measured_backoff(spec, model.describe(), unit)]
+    if jitter is not None:
+        verdicts.append(jitter)
+    return verdicts
+
+
+def _judge(check: Callable[..., Verdict], *args: Any, **kwargs: Any) -> Verdict:
+    try:
+        return check(*args, **kwargs)
     except VerdictFailed as exc:
         return exc.verdict
+
+
+def _per_call(items: list[Any], calls: list[Call], per: str,
+              at: Callable[[Any], float]) -> list[list[Any]]:
+    """``items`` split by the call whose window holds them (calls one after another)."""
+    if per == "run" or len(calls) <= 1:
+        return [list(items)] if items or calls else []
+    groups: list[list[Any]] = [[] for _ in calls]
+    for item in items:
+        t = at(item)
+        for i, call in enumerate(calls):
+            start = call.window[0]
+            end = calls[i + 1].window[0] if i + 1 < len(calls) else math.inf
+            if start <= t < end:
+                groups[i].append(item)
+                break
+    return groups
+
+
+def _each(curves: list[Verdict], unit: str) -> Verdict:
+    """One verdict over the curve verdicts of several timelines."""
+    failed = [i for i, v in enumerate(curves) if not v.passed]
+    rows = [[str(i + 1), v.outcome or ("ok" if v.passed else "failed"),
+             "" if v.passed else "<--"] for i, v in enumerate(curves)]
+    notes = [f"{unit} {failed[0] + 1}:\n{curves[failed[0]].text()}"] if failed else []
+    if len(failed) > 1:
+        notes.append(f"{len(failed) - 1} more {unit}s failed the same curve")
+    first = curves[0]
+    claim = first.claim + f" (each of {len(curves)} {unit}s)"
+    return Verdict(
+        kind="backoff", claim=claim, passed=not failed, expected=first.expected,
+        observed=[v.observed for v in curves], tolerance=first.tolerance,
+        headers=[unit, "observed", ""], rows=rows, notes=notes,
+        outcome=f"{len(curves) - len(failed)} of {len(curves)} {unit}s follow the curve",
+    )
+
+
+def _not_measured_backoff(spec: Backoff, curve: str, unit: str) -> Verdict:
+    return Verdict(
+        kind="backoff", claim=curve, passed=False, outcome="not measured",
+        notes=[f"no {unit} reached {spec.service}: nothing to judge"],
+    )
 
 
 def _verdict_breaker(spec: Any, observer: Any) -> Verdict:
@@ -860,7 +958,7 @@ def _conclude(scenario: Scenario, request: pytest.FixtureRequest, verdicts: list
     tables, or with ``empty`` when nothing was judged."""
     __tracebackhide__ = True
     for verdict in verdicts:
-        if verdict.kind not in ("backoff", "breaker"):  # their expect_* collected them
+        if verdict.kind != "breaker":  # its expect_* collected it
             collect(verdict)
     request.node.add_report_section("call", "fault timeline", timeline.text())
     attach(request.node, "fault-timeline",
@@ -924,7 +1022,7 @@ def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], T
     for spec in attempts:
         verdicts.append(_verdict_attempts(spec, services))
     if expect.backoff is not None:
-        verdicts.append(_verdict_backoff(expect.backoff, services, scenario.clock))
+        verdicts.extend(_verdict_backoff(expect.backoff, services, scenario.clock, calls))
     if expect.timeout is not None:
         verdicts.append(_verdict_timeout(expect.timeout, calls, scenario.clock))
     if expect.latency is not None:

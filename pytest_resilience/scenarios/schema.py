@@ -301,9 +301,28 @@ class Backoff(_Model):
     cap: Duration | None = None
     jitter: Literal["none", "full", "equal", "additive"] = "none"
     jitter_max: Duration = 0.0
-    attempts: int | None = Field(None, ge=1)
+    attempts: int | None = Field(None, ge=1, description="attempts per call (per client)")
     tolerance: Duration | list[Duration] | None = Field(
         None, description="seconds either way, or [early, late]")
+    per: Literal["call", "connection", "run"] = Field(
+        "call", description="one retry timeline per call of the drive (calls one after "
+        "another), per client connection (clients that fail together, each on its own "
+        "connection), or one for the whole run")
+    spread: bool | None = Field(
+        None, description="the timelines must not retry in lock-step (their waits spread "
+        "across the jitter band); default: checked when jitter is claimed and there are "
+        "2 or more timelines")
+    curve: bool = Field(True, description="judge each timeline against the curve; false: "
+                        "only the spread (e.g. clients whose retries a shared outage delays)")
+
+    @model_validator(mode="after")
+    def _judges_something(self) -> Backoff:
+        if not self.curve and self.spread is False:
+            raise ValueError("curve: false and spread: false judge nothing: drop one of them")
+        if not self.curve and self.jitter == "none":
+            raise ValueError("curve: false leaves only the spread, which needs a jittered "
+                             "curve: set jitter")
+        return self
 
 
 class Attempts(_Model):
