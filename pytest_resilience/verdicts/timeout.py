@@ -82,7 +82,8 @@ class LoopLagProbe:
 
     With ``watch=`` (seconds) a watchdog thread samples the loop thread's
     stack whenever the loop is more than ``watch / 2`` late and records the
-    innermost frame outside the stdlib, installed packages and this plugin:
+    innermost frame outside the stdlib, installed packages and this plugin, and how
+    long consecutive samples (no probe tick between them) found the thread there:
     :attr:`blocked_at` is the call site of the worst block (``file:line in
     func``), or ``None`` when no user frame was on the stack.
     """
@@ -92,7 +93,7 @@ class LoopLagProbe:
         self.watch = watch
         self.max_lag = 0.0
         self.samples = 0
-        #: call site -> how late the loop was when the watchdog saw it there
+        #: call site -> seconds the watchdog saw the late loop's thread stay there
         self.sites: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._due = 0.0
@@ -102,7 +103,7 @@ class LoopLagProbe:
 
     @property
     def blocked_at(self) -> str | None:
-        """The call site the loop thread was in when it was latest, if one was seen."""
+        """The call site where the late loop's thread stayed longest, if one was seen."""
         if not self.sites:
             return None
         return max(self.sites, key=self.sites.__getitem__)
@@ -122,13 +123,24 @@ class LoopLagProbe:
 
     def _watch(self, threshold: float) -> None:
         poll = max(0.001, min(self.interval, threshold / 4))
+        # A site counts for the time the loop thread stayed there while the loop was late,
+        # from the first to the last of consecutive samples with no probe tick between
+        # them. The latest moment is not the blocking call: a sample can land just after
+        # the block ended, in the code that resumes after it (the awaiting caller).
+        stretch: tuple[str | None, int, float] = (None, -1, 0.0)
         while not self._stopping.wait(poll):
-            late = time.perf_counter() - self._due
-            if late <= threshold:
+            now = time.perf_counter()
+            if now - self._due <= threshold:
+                stretch = (None, -1, 0.0)
                 continue
+            ticks = self.samples
             site = _user_site(sys._current_frames().get(self._loop_thread))
-            if site is not None and late > self.sites.get(site, 0.0):
-                self.sites[site] = late
+            if site is None or stretch[:2] != (site, ticks):
+                stretch = (site, ticks, now)
+                continue
+            stayed = now - stretch[2]
+            if stayed > self.sites.get(site, 0.0):
+                self.sites[site] = stayed
 
     def start(self) -> None:
         """Start probing on the running loop (call it from the loop's thread)."""

@@ -146,6 +146,31 @@ async def test_a_block_at_the_end_is_caught() -> None:
     assert site("nb-end", "blocked_at_the_end") in str(info.value)
 
 
+def fetch_report() -> None:
+    time.sleep(BLOCK)  # nb-callee
+
+
+async def blocked_in_a_callee_then_busy(checker: expect_no_blocking) -> None:
+    async with checker:
+        await asyncio.sleep(0.02)
+        fetch_report()
+        # the caller goes on for a while before its next await: the loop is latest here,
+        # but the block was in fetch_report
+        until = time.perf_counter() + 0.06
+        while time.perf_counter() < until:  # nb-caller
+            pass
+
+
+@pytest.mark.asyncio
+async def test_the_site_is_where_the_loop_stayed_not_where_it_was_latest() -> None:
+    checker = expect_no_blocking(max_lag=0.1)
+    with pytest.raises(LoopBlocked) as info:
+        await blocked_in_a_callee_then_busy(checker)
+    text = str(info.value)
+    assert site("nb-callee", "fetch_report") in text, text
+    assert "blocked_in_a_callee_then_busy" not in text, text
+
+
 @pytest.mark.asyncio
 async def test_awaiting_passes() -> None:
     async with expect_no_blocking(max_lag=0.1) as result:
