@@ -333,7 +333,7 @@ class ConformanceReport:
             passed=self.passes(allow),
             expected={p.name: p.expected for p in properties},
             observed={p.name: p.value if p.value is not None else p.observed for p in properties},
-            headers=["property", "expected", "observed", ""],
+            headers=["property", "expected", "observed", "result"],
             rows=[[p.name, p.expected, p.observed, mark(p)] for p in properties],
             notes=notes,
             data={"measured": {p.name: p.measured for p in properties}},
