@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         check_breaker_conformance,
         expect_transitions,
     )
+    from pytest_resilience.verdicts.cancel import CancelMismatch, expect_hung_query_cancelled
     from pytest_resilience.verdicts.core import (
         Tolerance,
         Verdict,
@@ -95,6 +96,7 @@ __all__ = [
     "BackoffWaits",
     "BreakerMismatch",
     "BreakerObserver",
+    "CancelMismatch",
     "ClockReport",
     "ConfigError",
     "ConformanceReport",
@@ -130,6 +132,7 @@ __all__ = [
     "current_clock_kind",
     "expect_amplification",
     "expect_backoff",
+    "expect_hung_query_cancelled",
     "expect_jitter",
     "expect_no_blocking",
     "expect_query_cancelled",
@@ -196,6 +199,8 @@ _LAZY = {
     "expect_query_cancelled": "pytest_resilience.verdicts.timeout",
     "expect_timeout": "pytest_resilience.verdicts.timeout",
     "expect_timeout_call": "pytest_resilience.verdicts.timeout",
+    "CancelMismatch": "pytest_resilience.verdicts.cancel",
+    "expect_hung_query_cancelled": "pytest_resilience.verdicts.cancel",
     "Tolerance": "pytest_resilience.verdicts.core",
     "Verdict": "pytest_resilience.verdicts.core",
     "VerdictFailed": "pytest_resilience.verdicts.core",

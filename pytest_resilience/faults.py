@@ -691,6 +691,15 @@ POSTGRES_FAULTS: dict[str, FaultDef] = {f.name: f for f in (
                         "before the cut (then half of the next)", "messages", default=1,
                         minimum=0), *_PG_SELECT),
              example={"match": "FROM big_table", "after_messages": 2}),
+    FaultDef("hang_query", "postgres", "a matching statement gets no answer until the client "
+             "cancels it or closes the connection (the server busy in pg_sleep, or its "
+             "response held)",
+             (Attribute("server", "string", "busy: the server runs pg_sleep in its place; "
+                        "done: the server runs it and its response is held",
+                        default="busy", choices=("busy", "done")),
+              Attribute("release_after", "number", "the stage ends a hang nobody ended "
+                        "after this many seconds", "s", minimum=0),
+              *_PG_SELECT), example={"match": "FROM orders", "server": "busy"}),
 )}
 
 _REGISTRIES: dict[Layer, dict[str, FaultDef]] = {"network": NETWORK_FAULTS,

@@ -59,6 +59,12 @@ EXPECTED: dict[str, dict[str, str]] = {
             "article query on a stalled Postgres has no effective timeout",
         SC + "article_queries_time_out_while_postgres_stalls":
             "the slowest call: at most 800 ms during faults",
+        SC + "a_hung_article_query_is_cancelled_on_the_server":
+            "never cancelled the held query",
+    },
+    "no_server_cancel": {
+        SC + "a_hung_article_query_is_cancelled_on_the_server":
+            "was still active 1.0",
     },
     "blocking_call": {
         TIMEOUTS + "test_retries_do_not_block_the_event_loop":

@@ -49,7 +49,7 @@ def test_every_fault_is_named_once() -> None:
     assert faults.names("network") == (*TOXIPROXY, "down", "fail_first")
     assert faults.names("http") == ("status", *SOCKET_FAULTS)
     assert faults.names("postgres") == ("sqlstate", "fatal", "refuse_startup",
-                                        "cut_mid_response")
+                                        "cut_mid_response", "hang_query")
     assert len(set(faults.names())) == len(faults.names())
     assert faults.toxic_types() == tuple(TOXIPROXY)
     assert faults.socket_faults() == SOCKET_FAULTS

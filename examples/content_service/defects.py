@@ -18,6 +18,8 @@ DEFECTS: dict[str, str] = {
     "wrong_breaker_threshold": "the breaker opens after 5 consecutive failures",
     "no_fallback": "the last good answer is served while the trends API is down",
     "no_query_timeout": "every query times out after query_timeout",
+    "no_server_cancel": "a timed-out query stops on the server too (no query runs on "
+                        "after the caller gave up)",
     "blocking_call": "nothing blocks the event loop",
     "leaked_session": "the API client session is closed on shutdown",
     "leaked_file": "the access log file is closed on shutdown",

@@ -1,5 +1,6 @@
 """A Postgres-protocol fault stage: make the real server raise SQLSTATEs, send FATALs,
-refuse startups and cut responses, for chosen statements (issue 16).
+refuse startups, cut responses and hold statements until the client cancels, for chosen
+statements (issue 16).
 
     from pytest_resilience import pgwire
 
@@ -15,9 +16,9 @@ Importing this package starts nothing.
 from __future__ import annotations
 
 from pytest_resilience.pgwire.proxy import Cancel, PgFaultProxy, start
-from pytest_resilience.pgwire.rules import Injection, PgRule
+from pytest_resilience.pgwire.rules import Hang, Injection, PgRule
 
-__all__ = ["Cancel", "Injection", "PgFaultProxy", "PgRule", "start"]
+__all__ = ["Cancel", "Hang", "Injection", "PgFaultProxy", "PgRule", "start"]
 
 
 def __dir__() -> list[str]:

@@ -19,6 +19,7 @@ __all__ = [
     "bind",
     "cstring",
     "do_raise",
+    "do_sleep",
     "error_fields",
     "error_response",
     "execute",
@@ -97,6 +98,15 @@ def do_raise(code: str, message: str) -> str:
     text = text.replace("'", "''")
     return (f"DO $pytest_resilience$ BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', "
             f"MESSAGE = '{text}'; END $pytest_resilience$")
+
+
+def do_sleep(seconds: float, code: str, message: str) -> str:
+    """A ``DO`` block that keeps the server busy for ``seconds`` (``pg_sleep``), then raises
+    SQLSTATE ``code`` (marked as injected)."""
+    text = f"{INJECTED_MARKER}: {message}".replace("'", "''")
+    return (f"DO $pytest_resilience$ BEGIN PERFORM pg_sleep({float(seconds)!r}); "
+            f"RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{text}'; "
+            f"END $pytest_resilience$")
 
 
 def query(text: str) -> bytes:

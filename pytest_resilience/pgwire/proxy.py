@@ -31,6 +31,13 @@ How faults are injected (see :class:`PgFaultProxy`):
 * refused startup: the StartupMessage answered with a FATAL (53300 by default), closed.
 * cut mid-response: the response forwarded up to half of one of its messages, then both
   sides closed.
+* hang: ``busy``: the statement replaced by a ``DO`` block that runs ``pg_sleep`` (then
+  raises 57014), so the backend is really busy: a CancelRequest cancels it (the client sees
+  the server's own 57014), a closed socket leaves it running; ``done``: the statement runs,
+  its response (and anything after it) is held until the client cancels (then forwarded,
+  as when a cancel comes too late) or closes. Either way, with ``release_after`` the stage
+  ends the hang itself when the client did neither (its own CancelRequest, or the held
+  response forwarded), so a client without a timeout does not hang a test.
 """
 
 from __future__ import annotations
@@ -48,7 +55,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pytest_resilience.errors import ServiceError
 from pytest_resilience.pgwire import protocol as pw
-from pytest_resilience.pgwire.rules import Injection, Kind, PgRule, RuleBook, check_sqlstate
+from pytest_resilience.pgwire.rules import (
+    Hang,
+    HangServer,
+    Injection,
+    Kind,
+    PgRule,
+    RuleBook,
+    check_sqlstate,
+)
 
 __all__ = ["Cancel", "PgFaultProxy", "start"]
 
@@ -58,6 +73,7 @@ _unpack = _INT32.unpack_from
 _head = struct.Struct("!BI").unpack_from
 _Z, _K, _E, _ONE, _TWO = 90, 75, 69, 49, 50
 _TERMINATE = b"X\0\0\0\4"
+_CANCEL_HEAD = struct.Struct("!II")
 #: client message types the stage looks at: Q P B E C S F
 _TRACKED = tuple(c in b"QPBECSF" for c in range(256))
 #: what the no-rule fast path does with a client message: 1 the server answers it with a
@@ -68,7 +84,7 @@ _FAST = tuple({0x51: 1, 0x53: 1, 0x46: 1, 0x50: 2, 0x42: 3, 0x43: 4}.get(c, 0)
 #: pause/resume cycles under a bulk response such as a COPY
 _WRITE_HIGH = 1024 * 1024
 _WRITE_LOW = 256 * 1024
-_STATEMENT_KINDS: tuple[Kind, ...] = ("sqlstate", "fatal", "cut_mid_response")
+_STATEMENT_KINDS: tuple[Kind, ...] = ("sqlstate", "fatal", "cut_mid_response", "hang")
 _FATAL_MESSAGES = {
     "57P01": "terminating connection due to administrator command",
     "57P02": "terminating connection because of crash of another server process",
@@ -142,6 +158,11 @@ class _Conn:
         self.cut: tuple[int, int] | None = None
         self.cut_count = 0
         self.fatal_pending: bytes | None = None
+        self.pid: int | None = None  # the backend's, from BackendKeyData
+        self.hang: Hang | None = None  # a statement held now
+        self.hold_from: int | None = None  # ``done``: responses from this segment held
+        self.hang_buf: list[bytes] = []
+        self.hang_rule: PgRule | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _to_server(self, data: bytes) -> None:
@@ -166,10 +187,15 @@ class _Conn:
             transport.write(data)
         self.pending.clear()
 
-    def close(self) -> None:
+    def close(self, by_client: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
+        hang = self.hang
+        if hang is not None and not hang.ended.is_set():
+            if by_client:
+                hang.closed = time.monotonic()
+            self._end_hang(hang)
         self.proxy._conns.pop(self.id, None)
         if self.key is not None:
             self.proxy._keys.pop(self.key, None)
@@ -181,7 +207,8 @@ class _Conn:
 
     def _rewatch(self) -> None:
         self.watch = bool(self.in_startup or self.inject_anchors or self.held or self.cut
-                          or self.commit_anchor is not None or self.fatal_pending)
+                          or self.commit_anchor is not None or self.fatal_pending
+                          or self.hang is not None)
 
     def fatal(self, code: str, message: str | None = None) -> None:
         """A FATAL ErrorResponse to the client at the next message boundary, then closed."""
@@ -193,6 +220,63 @@ class _Conn:
         else:
             self.fatal_pending = err
             self.watch = True
+
+    def _end_hang(self, hang: Hang) -> None:
+        """The hang is over for the verdicts (cancelled, closed, released or answered)."""
+        hang.ended.set()
+        rule = self.hang_rule
+        if rule is not None:
+            rule.hang_ended.set()
+
+    def cancelled(self) -> None:
+        """The client sent a CancelRequest for this connection: a ``done`` hang's held
+        response is forwarded (a ``busy`` one is cancelled by the server)."""
+        hang = self.hang
+        if hang is None or hang.ended.is_set():
+            return
+        hang.cancelled = time.monotonic()
+        self._end_hang(hang)
+        if hang.server == "done":
+            self._release_held()
+
+    def release_hang(self, hang: Hang, rule: PgRule) -> None:
+        """``release_after`` passed: end the hang if nobody did (a CancelRequest of the
+        stage's own for a ``busy`` hang, the held response for a ``done`` one)."""
+        if hang is not self.hang or hang.ended.is_set() or self.closed:
+            return
+        hang.released = time.monotonic()
+        self._end_hang(hang)
+        if hang.server == "done":
+            self._release_held()
+        elif self.key is not None:
+            self.proxy._send_cancel(_CANCEL_HEAD.pack(8 + len(self.key), pw.CANCEL_REQUEST)
+                                    + self.key)
+
+    def _release_held(self) -> None:
+        self.hang = None
+        self.hold_from = None
+        held = b"".join(self.hang_buf)
+        self.hang_buf.clear()
+        if held:
+            self.client.write(held)
+        self._rewatch()
+        if not self.watch and self.sbuf:  # a message begun while held: the fast path's now
+            rest = bytes(self.sbuf)
+            self.sbuf.clear()
+            self.client.write(rest)
+            self._scan(rest)
+
+    def _hang_answered(self, msg: bytes) -> None:
+        """The server's ErrorResponse to a ``busy`` hang's DO block."""
+        hang = self.hang
+        assert hang is not None
+        fields = pw.error_fields(msg[5:])
+        hang.answer = (fields.get("C", ""), fields.get("M", ""))
+        hang.answered = time.monotonic()
+        self.hang = None
+        if not hang.ended.is_set():
+            self._end_hang(hang)
+        self._rewatch()
 
     # ------------------------------------------------------------ client -> server
     def client_data(self, data: bytes) -> None:
@@ -409,17 +493,37 @@ class _Conn:
 
     def _inject(self, rule: PgRule, text: str | None, *, simple: bool, original: bytes
                 ) -> bytes:
-        if rule.kind == "fatal":
+        if rule.kind == "hang":
+            hang = Hang(self.id, self.pid, text, rule.server, time.monotonic())
+            with self.book.lock:
+                self.book.hangs.append(hang)
+                rule.hangs.append(hang)
+            self.hang = hang
+            if rule.release_after is not None:
+                asyncio.get_running_loop().call_later(rule.release_after, self.release_hang,
+                                                      hang, rule)
+            self.hang_rule = rule
+            if rule.server == "done":
+                self.hold_from = self.sent_z
+                if simple:
+                    self.sent_z += 1
+                self._rewatch()
+                return original
+            do = pw.do_sleep(rule.hold_for, "57014",
+                             "the held statement was not cancelled in time")
+            self._rewatch()
+        elif rule.kind == "fatal":
             self.fatal(rule.code, rule.message or None)
             return b""
-        if rule.kind == "cut_mid_response":
+        elif rule.kind == "cut_mid_response":
             self.cut = (self.sent_z, rule.after_messages)
             self.cut_count = 0
             if simple:
                 self.sent_z += 1
             self._rewatch()
             return original
-        do = pw.do_raise(rule.code, rule.message)
+        else:
+            do = pw.do_raise(rule.code, rule.message)
         commit = text is not None and pw.is_commit(text)
         if simple:
             if commit:  # the error ends the transaction, as a failed COMMIT does
@@ -535,6 +639,7 @@ class _Conn:
         if self.in_startup:
             if kind == _K:
                 self.key = msg[5:]
+                self.pid = _unpack(msg, 5)[0]
                 self.proxy._keys[self.key] = self
             elif kind == _Z:
                 self.in_startup = False
@@ -559,6 +664,19 @@ class _Conn:
                     self.commit_anchor = None
                     self._rewatch()
                     out.append(msg)
+                return True
+        if self.hang is not None:
+            if self.hold_from is not None:
+                if seg >= self.hold_from:
+                    self.hang_buf.append(msg)
+                    return True
+            elif kind == _E:  # a busy hang's DO block answered (cancelled, or timed out)
+                self._hang_answered(msg)
+                if self.inject_anchors and len(self.held) == 2:
+                    self.held.clear()
+                    self.inject_anchors.pop(0)
+                    self._rewatch()
+                out.append(msg)
                 return True
         if self.inject_anchors:
             held = self.held
@@ -601,12 +719,12 @@ class _ClientSide(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.conn is not None:
-            self.conn.close()
+            self.conn.close(by_client=True)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn is not None:
-            self.conn.close()
+            self.conn.close(by_client=True)
 
     def pause_writing(self) -> None:
         if self.conn is not None and self.conn.server is not None:
@@ -768,6 +886,29 @@ class PgFaultProxy:
                                      nth=nth, times=times, probability=probability,
                                      seed=seed, after_messages=after_messages))
 
+    def hang(self, match: str | None = None, *, nth: int | None = None,
+             times: int | None = None, server: HangServer = "busy", hold_for: float = 3600.0,
+             release_after: float | None = None, probability: float = 1.0,
+             seed: int | None = None) -> PgRule:
+        """Hold a matching statement: its response does not come until the client cancels
+        it (a CancelRequest) or closes its socket. Each held statement is logged in
+        :attr:`hangs` (when it began, when and how it ended, the backend's pid).
+
+        ``server="busy"`` (default): the server runs ``pg_sleep(hold_for)`` in place of the
+        statement (then raises 57014), so the backend is active: a CancelRequest cancels
+        it and the client gets the server's own 57014; a client that only closes its
+        socket leaves the backend sleeping. ``server="done"``: the server runs the
+        statement; the stage holds its response (and everything after it) until the
+        client cancels - then it is forwarded, as when a cancel comes too late - or
+        closes. ``release_after`` (seconds): the stage ends a hang nobody ended by then
+        (``busy``: with a CancelRequest of its own; ``done``: forwarding the response), so
+        a client without a timeout cannot hang the test. See :class:`PgRule` for
+        ``match``/``nth``/``times``/``probability``/``seed``."""
+        return self._book.add(PgRule(self._book, "hang", "57014", match, nth=nth,
+                                     times=times, probability=probability, seed=seed,
+                                     server=server, hold_for=hold_for,
+                                     release_after=release_after))
+
     def terminate(self, code: str = "57P01", message: str | None = None) -> int:
         """Send every live connection a FATAL ``code`` now and close it, as
         ``pg_terminate_backend`` would; returns how many were closed."""
@@ -793,6 +934,7 @@ class PgFaultProxy:
         self._book.clear()
         with self._book.lock:
             self._book.log.clear()
+            self._book.hangs.clear()
         with self._cancel_lock:
             self._cancels.clear()
 
@@ -805,6 +947,12 @@ class PgFaultProxy:
     def injections(self) -> list[Injection]:
         """What was injected so far, oldest first (a copy)."""
         return self._book.injections()
+
+    @property
+    def hangs(self) -> list[Hang]:
+        """The statements held by :meth:`hang` rules so far, oldest first (a copy)."""
+        with self._book.lock:
+            return list(self._book.hangs)
 
     @property
     def cancels(self) -> list[Cancel]:
@@ -835,6 +983,13 @@ class PgFaultProxy:
         with self._cancel_lock:
             self._cancels.append(Cancel(time.monotonic(), _unpack(packet, 8)[0],
                                         None if target is None else target.id))
+
+        if target is not None:
+            target.cancelled()
+        self._send_cancel(packet)
+
+    def _send_cancel(self, packet: bytes) -> None:
+        """A CancelRequest to the server, on a connection of its own."""
 
         async def send() -> None:
             loop = asyncio.get_running_loop()

@@ -10,18 +10,24 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
 from pytest_resilience.errors import ConfigError
 
-__all__ = ["Injection", "Kind", "PgRule", "RuleBook", "check_sqlstate"]
+__all__ = ["Hang", "HangServer", "Injection", "Kind", "PgRule", "RuleBook",
+           "check_sqlstate"]
 
 #: ``sqlstate``: the server raises an ERROR; ``fatal``: a FATAL to the client, both sides
 #: closed; ``refuse_startup``: the StartupMessage answered with a FATAL; ``cut_mid_response``:
-#: part of the response forwarded, then both sides closed.
-Kind = Literal["sqlstate", "fatal", "refuse_startup", "cut_mid_response"]
+#: part of the response forwarded, then both sides closed; ``hang``: the statement's response
+#: does not come until the client cancels or closes (see :class:`Hang`).
+Kind = Literal["sqlstate", "fatal", "refuse_startup", "cut_mid_response", "hang"]
+#: What the server does during a ``hang``: ``busy`` runs ``pg_sleep`` in place of the
+#: statement (a cancel really cancels it; a close leaves it running), ``done`` runs the
+#: statement and the stage holds its response.
+HangServer = Literal["busy", "done"]
 
 _SQLSTATE = re.compile(r"[0-9A-Z]{5}")
 
@@ -47,6 +53,41 @@ class Injection:
     kind: Kind
 
 
+@dataclass
+class Hang:
+    """One statement held by a ``hang`` rule, and how it ended (times are
+    ``time.monotonic()``; filled on the stage's thread, read once :attr:`ended` is set).
+
+    ``pid`` is the backend serving the connection (from its BackendKeyData). ``cancelled``:
+    the client sent a CancelRequest for it; ``closed``: the client closed its socket;
+    ``released``: nobody did within ``release_after`` and the stage ended the hang itself
+    (``busy``: a CancelRequest of its own; ``done``: the held response forwarded);
+    ``answered``: the server's reply to a ``busy`` hang passed, with ``answer`` its SQLSTATE
+    and message (``57014 canceling statement due to statement timeout``: the server's own
+    ``statement_timeout`` ended it).
+    """
+
+    connection: int
+    pid: int | None
+    statement: str | None
+    server: HangServer
+    started: float
+    cancelled: float | None = None
+    closed: float | None = None
+    released: float | None = None
+    answered: float | None = None
+    answer: tuple[str, str] | None = None
+    ended: threading.Event = field(default_factory=threading.Event, repr=False,
+                                   compare=False)
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the client (or the stage, or the server) ended the hang, if it did."""
+        times = [t for t in (self.cancelled, self.closed, self.released, self.answered)
+                 if t is not None]
+        return min(times) if times else None
+
+
 class PgRule:
     """One armed fault. A context manager: leaving the ``with`` block disarms it.
 
@@ -55,12 +96,16 @@ class PgRule:
     execution ``nth`` (1-based, default 1) and the following ones, ``times`` times in all
     (default: once when ``nth`` is given, else without limit), each time with
     ``probability`` (drawn from a ``random.Random(seed)``).
+
+    ``server``/``hold_for``/``release_after`` are a ``hang`` rule's: see
+    :meth:`pytest_resilience.pgwire.PgFaultProxy.hang`.
     """
 
     def __init__(self, book: RuleBook, kind: Kind, code: str, match: str | None,
                  *, nth: int | None = None, times: int | None = None,
                  probability: float = 1.0, seed: int | None = None, message: str = "",
-                 after_messages: int = 1) -> None:
+                 after_messages: int = 1, server: HangServer = "busy",
+                 hold_for: float = 3600.0, release_after: float | None = None) -> None:
         for what, value in (("nth", nth), ("times", times)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
@@ -74,6 +119,15 @@ class PgRule:
                 or after_messages < 0:
             raise ConfigError(f"{kind}: after_messages must be an integer >= 0, got "
                               f"{after_messages!r}")
+        if server not in ("busy", "done"):
+            raise ConfigError(f"{kind}: server must be 'busy' (the server runs pg_sleep in "
+                              f"place of the statement) or 'done' (the server runs it, its "
+                              f"response is held), got {server!r}")
+        for what, limit in (("hold_for", hold_for), ("release_after", release_after)):
+            if limit is not None and (isinstance(limit, bool)
+                                      or not isinstance(limit, int | float) or limit <= 0):
+                raise ConfigError(f"{kind}: {what} must be a number of seconds > 0, got "
+                                  f"{limit!r}")
         try:
             self.pattern = None if match is None else re.compile(match)
         except (re.error, TypeError) as exc:
@@ -88,6 +142,13 @@ class PgRule:
         self.seed = seed
         self.message = message
         self.after_messages = after_messages
+        self.server: HangServer = server
+        self.hold_for = float(hold_for)
+        self.release_after = release_after
+        #: set when one of this rule's hangs ends (cancelled, closed or released)
+        self.hang_ended = threading.Event()
+        #: the statements this ``hang`` rule held (appended on the stage's thread)
+        self.hangs: list[Hang] = []
         self._rng = random.Random(seed)
         self._book = book
         #: matching executions seen / times the rule fired (read under the book's lock)
@@ -135,6 +196,8 @@ class RuleBook:
         #: read without the lock on the hot path: a list replaced, never mutated
         self.rules: tuple[PgRule, ...] = ()
         self.log: list[Injection] = []
+        #: the statements held by ``hang`` rules (appended on the stage's thread)
+        self.hangs: list[Hang] = []
         self.on_change: Callable[[], None] | None = None
 
     def add(self, rule: PgRule) -> PgRule:

@@ -129,7 +129,8 @@ def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[
                 raise ScenarioUsageError(
                     f"services.{name}: give 'routes' (an HTTP backend) or 'tcp' (host:port); "
                     "only the service named 'postgres' needs nothing")
-            if any(step.on == name and step.postgres for step in scenario.faults):
+            if scenario.expect.cancelled is not None or any(
+                    step.on == name and step.postgres for step in scenario.faults):
                 stage = request.getfixturevalue("pg_fault")  # protocol faults: the stage
                 handles[name] = ServiceHandle(name, "postgres", stage.dsn, stage=stage)
             else:
@@ -243,7 +244,8 @@ class _Faults:
         service = self.services[step.on]
         if step.postgres:
             def apply_rule() -> Callable[[], None]:
-                rule = getattr(service.stage, str(step.fault))(**step.attributes)
+                method = {"hang_query": "hang"}.get(str(step.fault), str(step.fault))
+                rule = getattr(service.stage, method)(**step.attributes)
                 disarm_rule: Callable[[], None] = rule.disarm
                 return disarm_rule
 
@@ -988,6 +990,9 @@ def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], T
     faults = _Faults(steps, services, timeline, breaker=observer)
     lag: list[float] = []
     sites: list[str | None] = []
+    cancel = _cancel_checker(scenario, services)
+    if cancel is not None:
+        cancel.start()
     if inspect.iscoroutinefunction(fn):
         async def drive() -> list[Call]:
             try:
@@ -1011,6 +1016,8 @@ def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], T
 
     expect = scenario.expect
     verdicts: list[Verdict] = []
+    if cancel is not None:
+        verdicts.append(cancel.finish())
     if "returns" in expect.model_fields_set:
         verdicts.append(_verdict_returns(expect.returns, calls))
     if expect.raises is not None:
@@ -1046,6 +1053,21 @@ def _once(prepared: _Prepared, steps: list[FaultStep]) -> tuple[list[Verdict], T
             outcome=f"worst lag {fmt_s(worst)}" + (f" at {site}" if blocked and site else ""),
         ))
     return verdicts, timeline
+
+
+def _cancel_checker(scenario: Scenario, services: dict[str, ServiceHandle]) -> Any:
+    """``expect.cancelled``: an ``expect_hung_query_cancelled`` on the Postgres stage,
+    armed before the drive."""
+    spec = scenario.expect.cancelled
+    if spec is None:
+        return None
+    from pytest_resilience.verdicts.cancel import expect_hung_query_cancelled
+
+    return expect_hung_query_cancelled(
+        services["postgres"].stage, spec.timeout, match=spec.match, nth=spec.nth,
+        server=spec.server, tolerance=spec.tolerance,
+        server_idle_within=spec.server_idle_within, give_up_after=spec.give_up_after,
+        what="the target")
 
 
 def _explore(prepared: _Prepared, request: pytest.FixtureRequest) -> None:

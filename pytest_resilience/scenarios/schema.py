@@ -343,6 +343,28 @@ class Timeout(_Model):
     exc: str = "TimeoutError"
 
 
+class Cancelled(_Model):
+    """A hung statement is given up on time and stops on the server: the first statement
+    matching ``match`` gets no answer (the server runs ``pg_sleep`` in its place, or its
+    answer is held); the client must send a CancelRequest or close its socket
+    ``timeout`` ± ``tolerance`` after sending it, and the server backend must be idle or
+    gone ``server_idle_within`` after that."""
+
+    timeout: Duration = Field(gt=0, description="the client's claimed statement timeout")
+    match: str | None = Field(None, description="regex on the statement text (default: the "
+                              "first statement)")
+    nth: int | None = Field(None, ge=1, description="hold the nth matching execution")
+    server: Literal["busy", "done"] = Field(
+        "busy", description="busy: the server runs pg_sleep in its place (a close without "
+        "a cancel leaves it running); done: the server ran it, its answer is held")
+    tolerance: float = Field(0.1, ge=0, lt=1, description="a fraction of the timeout "
+                             "(0.1: ± 10 %)")
+    server_idle_within: Duration = Field(1.0, gt=0)
+    give_up_after: Duration | None = Field(
+        None, gt=0, description="the stage ends a hang nobody ended after this long "
+        "(default: 4 x timeout, at least timeout + 2 s)")
+
+
 class Breaker(_Model):
     """The breaker's transitions, as the target reported them to its ``breaker``
     parameter (a ``BreakerObserver`` the runner passes in)."""
@@ -410,6 +432,9 @@ class Expect(_Model):
     backoff: Backoff | None = None
     attempts: Attempts | list[Attempts] | None = None
     timeout: Timeout | None = None
+    cancelled: Cancelled | None = Field(
+        None, description="a hung Postgres statement is cancelled on time and stops on the "
+        "server (the 'postgres' service)")
     breaker: Breaker | None = None
     latency: Latency | None = None
     loop_lag: Duration | None = Field(
@@ -511,8 +536,8 @@ class Scenario(_Model):
                  if st.on == "postgres"}
         if len(kinds) > 1:
             raise ValueError("the 'postgres' service takes either Postgres-protocol faults "
-                             "(sqlstate, fatal, refuse_startup, cut_mid_response) or network "
-                             "faults in one scenario, not both yet")
+                             "(sqlstate, fatal, refuse_startup, cut_mid_response, "
+                             "hang_query) or network faults in one scenario, not both yet")
         for key, values in self.parametrize.items():
             if not values:
                 raise ValueError(f"parametrize.{key}: give at least one value")
@@ -523,7 +548,7 @@ class Scenario(_Model):
             if "returns" in self.expect.model_fields_set or self.expect.raises is not None:
                 raise ValueError("a load run does not keep every call's value: use "
                                  "expect.error_rate instead of returns/raises")
-            for key in ("backoff", "timeout", "loop_lag", "breaker"):
+            for key in ("backoff", "timeout", "cancelled", "loop_lag", "breaker"):
                 if getattr(self.expect, key) is not None:
                     raise ValueError(f"expect.{key} judges calls one after another, not a "
                                      "load run; check it in a separate scenario")
@@ -545,6 +570,13 @@ class Scenario(_Model):
                 raise ValueError(f"explore.replays: [{m}, {k}] needs 1 <= m <= k")
         if self.target.setup is not None and self.target.call is None:
             raise ValueError("target.setup goes with target.call (the call gets 'context')")
+        if self.expect.cancelled is not None:
+            if "postgres" not in names:
+                raise ValueError("expect.cancelled holds a statement on the 'postgres' "
+                                 "service: add 'postgres: {}' to services")
+            if self.clock == "virtual":
+                raise ValueError("expect.cancelled is measured on the real clock (the "
+                                 "client's cancel travels over real sockets): use clock: real")
         if self.expect.loop_lag is not None and self.clock == "virtual":
             raise ValueError("expect.loop_lag is measured on the real clock: use clock: real")
         if self.expect.backoff is not None and self.clock == "virtual":
