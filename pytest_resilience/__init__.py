@@ -71,6 +71,16 @@ if TYPE_CHECKING:
         Verdict,
         VerdictFailed,
     )
+    from pytest_resilience.verdicts.fallback import (
+        FallbackMismatch,
+        FallbackRecorder,
+        expect_fallback,
+    )
+    from pytest_resilience.verdicts.health import (
+        HealthMismatch,
+        HealthRecorder,
+        expect_health_grades,
+    )
     from pytest_resilience.verdicts.leaks import (
         Leak,
         LeakOptions,
@@ -101,7 +111,11 @@ __all__ = [
     "ConfigError",
     "ConformanceReport",
     "DriftFailed",
+    "FallbackMismatch",
+    "FallbackRecorder",
     "FaultSchedule",
+    "HealthMismatch",
+    "HealthRecorder",
     "JitterMismatch",
     "Leak",
     "LeakChecker",
@@ -132,6 +146,8 @@ __all__ = [
     "current_clock_kind",
     "expect_amplification",
     "expect_backoff",
+    "expect_fallback",
+    "expect_health_grades",
     "expect_hung_query_cancelled",
     "expect_jitter",
     "expect_no_blocking",
@@ -201,6 +217,12 @@ _LAZY = {
     "expect_timeout_call": "pytest_resilience.verdicts.timeout",
     "CancelMismatch": "pytest_resilience.verdicts.cancel",
     "expect_hung_query_cancelled": "pytest_resilience.verdicts.cancel",
+    "FallbackMismatch": "pytest_resilience.verdicts.fallback",
+    "FallbackRecorder": "pytest_resilience.verdicts.fallback",
+    "expect_fallback": "pytest_resilience.verdicts.fallback",
+    "HealthMismatch": "pytest_resilience.verdicts.health",
+    "HealthRecorder": "pytest_resilience.verdicts.health",
+    "expect_health_grades": "pytest_resilience.verdicts.health",
     "Tolerance": "pytest_resilience.verdicts.core",
     "Verdict": "pytest_resilience.verdicts.core",
     "VerdictFailed": "pytest_resilience.verdicts.core",
