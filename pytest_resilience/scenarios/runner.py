@@ -121,6 +121,20 @@ def _needs_proxy(scenario: Scenario, name: str, kind: str) -> bool:
                for step in scenario.faults)
 
 
+def _chained_postgres(name: str, request: pytest.FixtureRequest) -> ServiceHandle:
+    """Client -> Postgres-protocol stage -> proxy -> the test's database: protocol faults
+    (the stage) and network faults (the proxy) on one scenario's Postgres."""
+    from pytest_resilience.fixtures.pgwire import PgFault
+    from pytest_resilience.pgwire import start
+
+    proxy = request.getfixturevalue("pg_proxy")
+    db = request.getfixturevalue("postgres_db")
+    stage = start(proxy.host, proxy.port)
+    request.addfinalizer(stage.close)
+    fault = PgFault(stage, stage.dsn_for(proxy.dsn), db.dsn)
+    return ServiceHandle(name, "postgres", fault.dsn, proxy=proxy, stage=fault)
+
+
 def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[str, ServiceHandle]:
     handles: dict[str, ServiceHandle] = {}
     for name, spec in scenario.services.items():
@@ -129,8 +143,12 @@ def _start_services(scenario: Scenario, request: pytest.FixtureRequest) -> dict[
                 raise ScenarioUsageError(
                     f"services.{name}: give 'routes' (an HTTP backend) or 'tcp' (host:port); "
                     "only the service named 'postgres' needs nothing")
-            if scenario.expect.cancelled is not None or any(
-                    step.on == name and step.postgres for step in scenario.faults):
+            protocol = scenario.expect.cancelled is not None or any(
+                step.on == name and step.postgres for step in scenario.faults)
+            network = any(step.on == name and not step.postgres for step in scenario.faults)
+            if protocol and network:  # the stage in front of the proxy: both kinds apply
+                handles[name] = _chained_postgres(name, request)
+            elif protocol:
                 stage = request.getfixturevalue("pg_fault")  # protocol faults: the stage
                 handles[name] = ServiceHandle(name, "postgres", stage.dsn, stage=stage)
             else:

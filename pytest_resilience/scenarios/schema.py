@@ -532,12 +532,6 @@ class Scenario(_Model):
             if check is not None and check.service not in names:
                 raise ValueError(f"expect: no service {check.service!r}"
                                  f"{suggest(check.service, names)}")
-        kinds = {("postgres" if st.postgres else "network") for st in self.faults
-                 if st.on == "postgres"}
-        if len(kinds) > 1:
-            raise ValueError("the 'postgres' service takes either Postgres-protocol faults "
-                             "(sqlstate, fatal, refuse_startup, cut_mid_response, "
-                             "hang_query) or network faults in one scenario, not both yet")
         for key, values in self.parametrize.items():
             if not values:
                 raise ValueError(f"parametrize.{key}: give at least one value")

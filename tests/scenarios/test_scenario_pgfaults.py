@@ -1,6 +1,8 @@
 """Postgres-protocol faults on a scenario's timeline: the real server raises the SQLSTATE
 for the matching statement (through the ``pg_fault`` stage), so a client that retries
-serialization failures passes and one that does not fails in the claim's words."""
+serialization failures passes and one that does not fails in the claim's words; with
+network faults on the same Postgres, the stage sits in front of the proxy and both
+apply."""
 
 from __future__ import annotations
 
@@ -12,7 +14,23 @@ import pytest
 pytestmark = pytest.mark.timeout(180)
 
 TARGETS = '''
+import time
+
 import psycopg
+
+
+def probe(postgres_dsn):
+    """Two attempts at most (40001 is retried); how it went and whether it was slow."""
+    started = time.monotonic()
+    for attempt in ("first", "retried"):
+        try:
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                conn.execute("SELECT 42")
+            break
+        except psycopg.errors.SerializationFailure:
+            continue
+    slow = time.monotonic() - started >= 0.2
+    return f"{attempt} {'slow' if slow else 'fast'}"
 
 
 def transfer(postgres_dsn, retry=True):
@@ -90,3 +108,26 @@ def test_protocol_faults_belong_on_postgres(pytester: pytest.Pytester) -> None:
     """)
     result.assert_outcomes(failed=1)
     assert "put it on the service named 'postgres'" in result.stdout.str()
+
+
+def test_protocol_and_network_faults_on_one_postgres(pytester: pytest.Pytester) -> None:
+    body = """
+        name: a serialization failure on a slow network
+        services:
+          postgres: {}
+        target:
+          call: targets:probe
+        faults:
+          - {on: postgres, fault: sqlstate, code: "40001", match: SELECT 42, nth: 1}
+          - {on: postgres, fault: latency, latency: 100}
+        expect:
+          returns: %s
+          attempts: {service: postgres, exactly: 2}
+    """
+    result = _run(pytester, body % "retried slow", "-rA")
+    result.assert_outcomes(passed=1)
+    # the same scenario without the latency: fast, so the network fault above did apply
+    fast = body.replace("          - {on: postgres, fault: latency, latency: 100}\n", "")
+    fast = fast.replace("          attempts: {service: postgres, exactly: 2}\n", "")
+    result = _run(pytester, fast % "retried fast")
+    result.assert_outcomes(passed=1)
