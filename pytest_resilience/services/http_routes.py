@@ -341,8 +341,9 @@ class BackendCore:
                  default: StepLike | None = None, cycle: bool = False) -> Callable[[], None]:
         """Re-script a route mid-test: ``route`` (``"GET /trends"``, as scripted; ``None``:
         every route of this backend) answers with ``steps`` from now on. Returns the
-        function that restores the previous scripts; a step the new script never used is
-        not reported as unused.
+        function that restores the previous scripts. At teardown only the script in place
+        is checked for unused steps: a re-script still in place is checked like any
+        script, the one it replaced only once it is restored.
 
         ``restore = backend.rescript("GET /trends", ["503 forever"])`` ... ``restore()``.
         """
