@@ -10,6 +10,12 @@ p99 / max over >= 200 round trips) while this process idles and while one of
 its threads is CPU-bound, for the engine in a thread of this process and in a
 child process.
 
+Baselines in the same run: the direct connection for round trips and throughput;
+for the latency toxic, an echo server that sleeps 100 ms itself before each answer
+(the machine's own timer and wake-up lateness, no proxy: the "direct" column) and
+the process engine with plain timers (``precise_timers=False``, as before the early
+wake-up of ``toxics.TimerPrecision``). The load average is printed with the table.
+
 Clients, echo and sink servers run as separate helper processes (this same
 script with a ``--_helper`` argument), so the figures measure the engine, not
 the GIL fights of a client living next to it. The "busy" rows spin a pure
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -56,6 +63,23 @@ def _helper_echo() -> None:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
+def _helper_delay_echo(delay: float) -> None:
+    """An echo server that answers each read after sleeping ``delay`` (a plain timer)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+
+    def serve(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while data := conn.recv(65536):
+                time.sleep(delay)
+                conn.sendall(data)
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
 def _helper_sink() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     print(listener.getsockname()[1], flush=True)
@@ -79,11 +103,11 @@ def _helper_sink() -> None:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def _helper_rtt(port: int, count: int) -> None:
+def _helper_rtt(port: int, count: int, warmup: int = 50) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         payload = b"x" * 16
-        for _ in range(50):  # warm up
+        for _ in range(warmup):
             sock.sendall(payload)
             sock.recv(16)
         samples = []
@@ -138,9 +162,9 @@ def _run_helper(args: list[str]) -> Any:
 
 
 @contextmanager
-def _server(kind: str) -> Iterator[int]:
+def _server(kind: str, *args: str) -> Iterator[int]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--_helper", kind], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--_helper", kind, *args], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
@@ -177,12 +201,12 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 def _interleaved(
-    targets: dict[str, Any], kind: str, total: int, rounds: int = 5
+    targets: dict[str, Any], kind: str, total: int, rounds: int = 5, *extra: str
 ) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, target in targets.items():
-            samples[name] += _run_helper([kind, str(target), str(total // rounds)])
+            samples[name] += _run_helper([kind, str(target), str(total // rounds), *extra])
     return samples
 
 
@@ -229,8 +253,10 @@ def main() -> None:
             _helper_echo()
         elif kind == "sink":
             _helper_sink()
+        elif kind == "delay_echo":
+            _helper_delay_echo(float(rest[0]))
         elif kind == "rtt":
-            _helper_rtt(int(rest[0]), int(rest[1]))
+            _helper_rtt(int(rest[0]), int(rest[1]), *map(int, rest[2:3]))
         elif kind == "send":
             _helper_send(int(rest[0]), int(rest[1]))
         elif kind == "pg":
@@ -239,13 +265,15 @@ def main() -> None:
 
     rtts = 1000 if args.quick else 5000
     transfer = (256 if args.quick else 2048) * MiB
-    toxic_rtts = 50 if args.quick else 200
+    toxic_rtts = 40 if args.quick else 120
     rows: list[tuple[str, str, str, str, str]] = []
 
-    with _server("echo") as echo_port, _server("sink") as sink_port:
+    with _server("echo") as echo_port, _server("sink") as sink_port, \
+            _server("delay_echo", "0.1") as delayed_port:
         echo = f"127.0.0.1:{echo_port}"
         sink = f"127.0.0.1:{sink_port}"
         engines = {"thread": start_thread(), "process": start_process()}
+        plain = start_process(precise_timers=False)
         try:
             # Direct and proxied samples are taken in interleaved rounds, so that load
             # from elsewhere on the machine hits all columns alike.
@@ -294,27 +322,37 @@ def main() -> None:
                 f"{transfer / direct_s / 1e6:.0f} MB/s", *cells, ">= 900 MB/s",
             ))
 
+            lat_ports = {"direct": delayed_port}
+            for mode, engine in (*engines.items(), ("plain", plain)):
+                lat_ports[mode] = _proxy(engine, "lat", echo)
+                _toxic(engine, "lat", {"type": "latency", "attributes": {"latency": 100}})
+
+            def error(samples: list[float]) -> str:
+                errors = [(s - 0.1) * 1e3 for s in samples]
+                return (f"{statistics.median(errors):+.2f} / {_pct(errors, 0.99):+.2f} / "
+                        f"{max(errors):+.2f} ms")
+
             for busy in (False, True):
-                cells = []
-                for engine in engines.values():
-                    port = _proxy(engine, "lat", echo)
-                    _toxic(engine, "lat", {"type": "latency", "attributes": {"latency": 100}})
-                    with _busy(busy):
-                        samples = _run_helper(["rtt", str(port), str(toxic_rtts)])
-                    errors = [(s - 0.1) * 1e3 for s in samples]
-                    cells.append(
-                        f"{statistics.median(errors):+.2f} / {_pct(errors, 0.99):+.2f} / "
-                        f"{max(errors):+.2f} ms"
-                    )
+                with _busy(busy):
+                    # 2 warm-up round trips, not 50: each one takes 100 ms here.
+                    lat = _interleaved(lat_ports, "rtt", toxic_rtts, 4, "2")
                 label = "busy thread in this process" if busy else "this process idle"
                 rows.append((
                     f"latency 100 ms error, {toxic_rtts} RTTs, {label}: med / p99 / max",
-                    "", *cells, "p99 <= 2 ms (process)",
+                    error(lat["direct"]), error(lat["thread"]), error(lat["process"]),
+                    "p99 <= 2 ms (process)",
+                ))
+                rows.append((
+                    "  baseline: process engine with plain timers", "", "",
+                    error(lat["plain"]), "",
                 ))
         finally:
-            for engine in engines.values():
+            for engine in (*engines.values(), plain):
                 engine.stop()
 
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; direct column of the "
+          "latency rows: an echo server sleeping 100 ms itself (no proxy)")
     header = ("measurement", "direct", "engine: thread", "engine: process", "target")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     line = "  ".join("-" * w for w in widths)

@@ -3,11 +3,14 @@
 Local mode, step by step (figures from this machine, see benchmarks/bench_postgres.py):
 
 1. Find the binaries: ``--resilience-pg-bin``, then ``PATH``, then
-   ``/usr/lib/postgresql/*/bin`` newest first.
+   ``/usr/lib/postgresql/*/bin`` newest first. ``postgres --version`` (about 15 ms)
+   runs while the data directory is copied: the cache is keyed by the binaries'
+   identity (path, size, mtime, inode), not by the version it prints.
 2. Get an initialised data directory: copy it from the cache (``cp -a``, about
-   0.07 s) or, on a cold cache, run ``initdb`` (about 0.6 s) and fill the cache
+   0.05 s) or, on a cold cache, run ``initdb`` (about 0.6 s) and fill the cache
    atomically (write to a private name, then ``rename``; the loser of a race
-   throws its copy away).
+   throws its copy away). Only the WAL segment of the last checkpoint is kept (the
+   recycled ones are a sixth of the copy).
    The cluster lives in ``/dev/shm`` when it has room (``$RESILIENCE_PG_TMPDIR``
    overrides): on a RAM-backed tmpfs, creating and dropping a database per test
    costs about 12 + 4 ms instead of waiting on a disk filesystem's metadata.
@@ -19,7 +22,9 @@ Local mode, step by step (figures from this machine, see benchmarks/bench_postgr
    pytest process dies however it dies - also when a test forked a child that
    keeps pytest's pipes open. So no server outlives pytest by more than a moment.
 4. Wait for the ``ready`` status in ``postmaster.pid`` (polled every 2 ms,
-   bounded), then open one admin connection.
+   bounded), then open one admin connection and set the session password (its SCRAM
+   verifier was computed during the copy); when the session will use ``postgres_db``,
+   the pool creates the first test database meanwhile, on its own connection.
 
 ``initdb`` and ``postgres`` refuse to run as root: when pytest runs as root,
 both run as the ``postgres`` account (or ``$RESILIENCE_PG_USER``).
@@ -27,9 +32,11 @@ both run as the ``postgres`` account (or ``$RESILIENCE_PG_USER``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
+import hmac
 import importlib
 import os
 import re
@@ -95,7 +102,7 @@ INITDB_ARGS: tuple[str, ...] = (
     "--no-locale", "-U", "postgres", "--wal-segsize=1",
 )
 #: Bump when the cached data directory layout or initdb arguments change.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 PORT_ATTEMPTS = 5
@@ -135,6 +142,45 @@ def _candidate_dirs(pg_bin: Path | None) -> list[Path]:
     return out
 
 
+def _has_binaries(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres"))
+
+
+class _VersionProbe:
+    """``postgres --version`` of the first candidate directory, started at once and
+    read later: it runs while the data directory is copied, off the critical path."""
+
+    def __init__(self, pg_bin: Path | None) -> None:
+        self.bindir = next((d for d in _candidate_dirs(pg_bin) if _has_binaries(d)), None)
+        self.proc: subprocess.Popen[str] | None = None
+        self._binaries: PgBinaries | None = None
+        if self.bindir is not None:
+            with contextlib.suppress(OSError):
+                self.proc = subprocess.Popen(
+                    [str(self.bindir / "postgres"), "--version"], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )
+
+    def result(self, pg_bin: Path | None) -> PgBinaries:
+        """The binaries (the full search of :func:`find_binaries` if the probe failed)."""
+        proc, self.proc = self.proc, None
+        if proc is not None and self.bindir is not None:
+            out, _ = proc.communicate()
+            match = re.search(r"(\d+(?:\.\d+)*)", out)
+            if proc.returncode == 0 and match:
+                self._binaries = PgBinaries(bindir=self.bindir, version=match.group(1))
+        if self._binaries is None:
+            self._binaries = find_binaries(pg_bin)
+        return self._binaries
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.communicate()
+
+
 @functools.lru_cache(maxsize=8)
 def find_binaries(pg_bin: Path | None = None) -> PgBinaries:
     """Locate ``initdb`` and ``postgres``; a clear :class:`ServiceError` if there are none.
@@ -142,7 +188,7 @@ def find_binaries(pg_bin: Path | None = None) -> PgBinaries:
     Memoized per process: the report header and the fixture ask for the same answer."""
     searched = _candidate_dirs(pg_bin)
     for bindir in searched:
-        if all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres")):
+        if _has_binaries(bindir):
             out = subprocess.run(
                 [str(bindir / "postgres"), "--version"],
                 capture_output=True, text=True, check=False,
@@ -177,6 +223,22 @@ class _RunAs:
         if self.uid is None:
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def command(self, args: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """``args`` and the Popen keyword arguments that run them as this account.
+
+        With ``user=``/``group=`` CPython cannot use ``vfork`` and forks the whole
+        pytest process (5-15 ms for a large one, on the session start's critical path);
+        util-linux's ``setpriv`` switches the account in the child instead, after a
+        cheap ``vfork`` + ``exec``. Same result: real, effective and saved ids of the
+        account, no supplementary groups, no capabilities left."""
+        if self.uid is None:
+            return args, {}
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            return args, self.popen_kwargs()
+        return [setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                "--", *args], {}
 
     def chown(self, path: Path) -> None:
         if self.uid is not None and self.gid is not None:
@@ -366,13 +428,21 @@ class DatabasePool:
     """Hands out fresh test databases with creation and dropping off the critical path.
 
     While a test runs, a background thread (``pytest-resilience-pg-pool``, with its own
-    admin connection) creates the next test's database from the template and connects to
-    it once, so Postgres builds its relation cache file and the test's first connection
-    is fast; after the test, the used database is checked for sessions still connected
-    (synchronously, so they can be reported) and then dropped on that thread. Per test
-    this takes a CREATE (about 10 ms), a DROP (about 5 ms) and a cold first connection
-    (about 5 ms extra) off the critical path. A database the pool created but never
-    handed out is dropped at close.
+    admin connection) creates the next test's database from the template; after the
+    test, the used database is checked for sessions still connected (synchronously, so
+    they can be reported) and then dropped by a second thread on a second connection
+    (``pytest-resilience-pg-drop``), so a drop never delays the next creation. Per test
+    this takes a CREATE (about 12 ms) and a DROP (about 5 ms) off the critical path;
+    back-to-back trivial tests wait only for the CREATE.
+
+    When the pool has time to spare (it was idle for longer than two connections take
+    when the last database was handed out), it also connects to the next database once,
+    so Postgres builds its relation cache file and the test's first connection is a few
+    ms faster. When tests follow each other faster than the pool creates databases, that
+    connection (about 5 ms, more under load) would only make every test wait longer, so
+    it is left out. The first database, which the session start waits for, is never
+    warmed: the test's own first connection costs less than warming it would. A database
+    the pool created but never handed out is dropped at close.
     """
 
     def __init__(self, server: PostgresServer, template: str = "template1") -> None:
@@ -380,53 +450,92 @@ class DatabasePool:
 
         self._server = server
         self._template = template
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="pytest-resilience-pg-pool")
+        self._creator = ThreadPoolExecutor(1, thread_name_prefix="pytest-resilience-pg-pool")
+        self._dropper = ThreadPoolExecutor(1, thread_name_prefix="pytest-resilience-pg-drop")
         self._next: Future[str] | None = None
-        self._conn: psycopg.Connection[Any] | None = None  # used on the worker thread only
+        # One connection per thread, each used on its own thread only.
+        self._conns: dict[str, psycopg.Connection[Any]] = {}
+        self._lock = threading.Lock()
+        self._busy = 0  # tasks submitted and not finished
+        self._idle_since = time.monotonic()
+        self._warm_cost = 0.01  # seconds a warming connection takes (running estimate)
+
+    def prefetch(self) -> None:
+        """Start creating the first database now (idempotent)."""
+        if self._next is None:
+            self._next = self._submit(self._creator, self._create, False)
 
     def acquire(self) -> str:
         """A fresh database's name (raises :class:`ServiceError` if it cannot be made)."""
         pending, self._next = self._next, None
-        name = pending.result() if pending is not None else self._create()
-        self._next = self._executor.submit(self._create)
+        if pending is None:
+            pending = self._submit(self._creator, self._create, False)
+        name = pending.result()
+        with self._lock:
+            spare = time.monotonic() - self._idle_since if self._busy == 0 else 0.0
+        self._next = self._submit(self._creator, self._create, spare > 2 * self._warm_cost)
         return name
 
     def release(self, name: str) -> list[str]:
         """Schedule ``name`` for dropping; returns the sessions still connected to it
         (they are terminated by the drop)."""
         leftover = self._server.connected_sessions(name)
-        self._executor.submit(self._drop, name)
+        self._submit(self._dropper, self._drop, name)
         return leftover
 
     def close(self) -> None:
         """Wait for pending drops, then drop the prefetched database nobody used."""
         pending, self._next = self._next, None
         if pending is not None:
-            pending.add_done_callback(
-                lambda f: None if f.exception() else self._executor.submit(self._drop, f.result())
-            )
-        self._executor.submit(self._close_conn)
-        self._executor.shutdown(wait=True)
+            # Waited for here: a callback could only submit the drop after shutdown.
+            with contextlib.suppress(Exception):
+                self._dropper.submit(self._drop, pending.result())
+        for executor, role in ((self._creator, "pool"), (self._dropper, "drop")):
+            executor.submit(self._close_conn, role)
+            executor.shutdown(wait=True)
 
-    def _admin(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._server.connect(
-                autocommit=True, application_name=APPLICATION_NAME + "/pool"
-            )
-        return self._conn
+    def _submit(self, executor: Any, fn: Any, *args: Any) -> Future[Any]:
+        with self._lock:
+            self._busy += 1
+        return executor.submit(self._run, fn, *args)  # type: ignore[no-any-return]
 
-    def _create(self) -> str:
-        name = self._server.create_database(template=self._template, admin=self._admin())
-        with contextlib.suppress(Exception):  # warming is an optimisation only
-            self._server.connect(name).close()
+    def _run(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle_since = time.monotonic()
+
+    def _admin(self, role: str) -> psycopg.Connection[Any]:
+        conn = self._conns.get(role)
+        if conn is None or conn.closed:
+            conn = self._conns[role] = self._server.connect(
+                autocommit=True, application_name=f"{APPLICATION_NAME}/{role}"
+            )
+        return conn
+
+    def _create(self, warm: bool) -> str:
+        name = self._server.create_database(template=self._template, admin=self._admin("pool"))
+        if warm:
+            start = time.monotonic()
+            with contextlib.suppress(Exception):  # warming is an optimisation only
+                self._server.connect(name).close()
+            self._warm_cost = 0.5 * self._warm_cost + 0.5 * (time.monotonic() - start)
         return name
 
     def _drop(self, name: str) -> None:
-        with contextlib.suppress(Exception):  # the server may be going away
-            self._server.drop_database(name, admin=self._admin())
+        from psycopg import sql
 
-    def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
+        # No session check here: release() made it, on the critical path, to report it.
+        with contextlib.suppress(Exception):  # the server may be going away
+            self._admin("drop").execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def _close_conn(self, role: str) -> None:
+        conn = self._conns.pop(role, None)
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -474,9 +583,35 @@ def _cache_root(cache_dir: Path | None) -> Path:
     return Path(user_cache_dir("pytest-resilience")) / "pgdata"
 
 
+def _cache_hash(bindir: Path) -> str:
+    """What identifies the binaries without running them: their path and the size,
+    mtime and inode of ``initdb`` and ``postgres`` (an upgrade changes all three)."""
+    stats = []
+    for name in ("initdb", "postgres"):
+        st = (bindir / name).stat()
+        stats.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    text = repr((CACHE_FORMAT, str(bindir), stats, INITDB_ARGS))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _cache_key(binaries: PgBinaries) -> str:
-    text = repr((CACHE_FORMAT, str(binaries.bindir), binaries.version, INITDB_ARGS))
-    return f"pg{binaries.version}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"pg{binaries.version}-{_cache_hash(binaries.bindir)}"
+
+
+def _cached_entry(root: Path, bindir: Path) -> Path | None:
+    """The cached data directory for these binaries (found by hash: the version in its
+    name is not known yet while ``postgres --version`` runs)."""
+    suffix = "-" + _cache_hash(bindir)
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    for name in names:
+        if name.startswith("pg") and name.endswith(suffix):
+            entry = root / name
+            if (entry / "PG_VERSION").is_file():
+                return entry
+    return None
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -486,15 +621,46 @@ def _copy_tree(src: Path, dst: Path) -> None:
         raise ServiceError(f"copying {src} to {dst} failed: {out.stderr.strip()}")
 
 
-def _initdb(binaries: PgBinaries, data: Path, run_as: _RunAs) -> None:
+def _initdb(bindir: Path, data: Path, run_as: _RunAs) -> None:
     out = subprocess.run(
-        [str(binaries.path("initdb")), "-D", str(data), *INITDB_ARGS],
+        [str(bindir / "initdb"), "-D", str(data), *INITDB_ARGS],
         capture_output=True, text=True, cwd=data.parent, check=False,
         env=_server_env(), **run_as.popen_kwargs(),
     )
     if out.returncode != 0:
         tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-15:])
         raise ServiceError(f"initdb failed (exit {out.returncode}):\n{tail}")
+
+
+_WAL_NAME = re.compile(r"[0-9A-F]{24}")
+
+
+def _trim_wal(bindir: Path, data: Path, run_as: _RunAs) -> None:
+    """Remove the WAL segments a cleanly shut down cluster does not need: all but the
+    one holding its last checkpoint (initdb leaves recycled ones, a sixth of the data
+    directory, that every session would copy). Postgres creates new ones as it needs
+    them. Left alone if anything is unexpected."""
+    try:
+        out = subprocess.run(
+            [str(bindir / "pg_controldata"), str(data)], capture_output=True, text=True,
+            check=False, env=_server_env() | {"LC_ALL": "C"}, **run_as.popen_kwargs(),
+        )
+    except OSError:  # no pg_controldata next to initdb: keep everything
+        return
+    fields = dict(
+        line.split(":", 1) for line in out.stdout.splitlines() if ":" in line
+    )
+    state = fields.get("Database cluster state", "").strip()
+    redo = fields.get("Latest checkpoint's REDO WAL file", "").strip()
+    if out.returncode != 0 or state != "shut down" or not _WAL_NAME.fullmatch(redo):
+        return
+    wal = data / "pg_wal"
+    if not (wal / redo).is_file():
+        return
+    for entry in wal.iterdir():
+        if _WAL_NAME.fullmatch(entry.name) and entry.name != redo:
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def _server_env() -> dict[str, str]:
@@ -505,18 +671,29 @@ def _server_env() -> dict[str, str]:
 
 
 def _prepare_data_dir(
-    binaries: PgBinaries, base: Path, run_as: _RunAs, cache_dir: Path | None
-) -> tuple[Path, bool]:
-    """Put an initialised data directory at ``base/data``; returns (path, from_cache)."""
+    probe: _VersionProbe, pg_bin: Path | None, base: Path, run_as: _RunAs,
+    cache_dir: Path | None,
+) -> tuple[Path, bool, PgBinaries]:
+    """Put an initialised data directory at ``base/data``; returns (path, from_cache,
+    binaries). The version probe runs meanwhile; the cache is found without it."""
     data = base / "data"
     root = _cache_root(cache_dir)
-    cached = root / _cache_key(binaries)
-    if (cached / "PG_VERSION").is_file():
+    cached = _cached_entry(root, probe.bindir) if probe.bindir is not None else None
+    if cached is not None:
         _copy_tree(cached, data)
         _write_hba(data, run_as)
-        return data, True
-    _initdb(binaries, data, run_as)
+        binaries = probe.result(pg_bin)
+        if binaries.bindir == probe.bindir and cached.name == _cache_key(binaries):
+            return data, True, binaries
+        # The probed directory's postgres is broken and the search picked another one:
+        # this copy belongs to other binaries, start over from an empty directory.
+        shutil.rmtree(data)
+    else:
+        binaries = probe.result(pg_bin)
+    _initdb(binaries.bindir, data, run_as)
+    _trim_wal(binaries.bindir, data, run_as)
     _write_hba(data, run_as)
+    cached = root / _cache_key(binaries)
     with contextlib.suppress(OSError, ServiceError):
         # Fill the cache atomically: private name first, then rename.
         root.mkdir(parents=True, exist_ok=True)
@@ -529,7 +706,7 @@ def _prepare_data_dir(
             os.rename(tmp, cached)
         except OSError:  # another process filled it first
             shutil.rmtree(tmp, ignore_errors=True)
-    return data, False
+    return data, False, binaries
 
 
 def _write_hba(data: Path, run_as: _RunAs) -> None:
@@ -542,20 +719,43 @@ def _write_hba(data: Path, run_as: _RunAs) -> None:
     run_as.chown(hba)
 
 
-def _set_session_password(server: PostgresServer) -> None:
+SCRAM_ITERATIONS = 4096  # libpq's and the server's default
+
+
+def scram_verifier(password: str, salt: bytes | None = None,
+                   iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for ``password`` (RFC 5802/7677, the
+    format ``PQencryptPasswordConn`` builds), so it can be computed on another thread
+    while the data directory is copied. ``password`` must be ASCII without control
+    characters (SASLprep leaves it unchanged); the session password always is."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _new_password() -> tuple[str, str]:
+    """A fresh session password and its SCRAM verifier."""
+    password = secrets.token_urlsafe(24)
+    return password, scram_verifier(password)
+
+
+def _set_session_password(server: PostgresServer, secret: tuple[str, str]) -> None:
     """Give the superuser a fresh random password for this session, over the unix
     socket. Only its SCRAM verifier reaches the server (not the log, not the cache);
     until it is set the role has no password, so TCP logins fail rather than pass."""
     from psycopg import sql
 
-    password = secrets.token_urlsafe(24)
-    admin = server._admin_conn()
-    verifier = admin.pgconn.encrypt_password(
-        password.encode(), server.user.encode(), b"scram-sha-256"
-    )
-    admin.execute(
+    password, verifier = secret
+    server._admin_conn().execute(
         sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-            sql.Identifier(server.user), sql.Literal(verifier.decode())
+            sql.Identifier(server.user), sql.Literal(verifier)
         )
     )
     server.password = password
@@ -591,11 +791,13 @@ class _Postmaster:
                 "-k", str(sock), "-h", "127.0.0.1"]
         for key, value in SERVER_SETTINGS:
             args += ["-c", f"{key}={value}"]
+        cmd, as_account = run_as.command(args)
         with open(log, "ab") as out:
             self.child = spawn(
-                args, name="postgres", stop_signal=signal.SIGINT, grace=STOP_TIMEOUT,
+                cmd, name="postgres", stop_signal=signal.SIGINT, grace=STOP_TIMEOUT,
                 remove=base, stdout=out, stderr=subprocess.STDOUT, cwd=base,
-                env=_server_env(), **run_as.popen_kwargs(),
+                env=_server_env(),
+                **as_account,
             )
         self.pid = self.child.pid
 
@@ -623,27 +825,40 @@ def _wait_ready(postmaster: _Postmaster, data: Path, deadline: float) -> bool:
 
 
 def start_local(
-    pg_bin: Path | None = None, cache_dir: Path | None = None
+    pg_bin: Path | None = None, cache_dir: Path | None = None, *, prefetch: bool = False,
 ) -> tuple[PostgresServer, dict[str, float]]:
-    """Start a throwaway local cluster. Returns the server and timings of each step."""
+    """Start a throwaway local cluster. Returns the server and timings of each step
+    (seconds since the call, in the order they happen).
+
+    ``prefetch``: the session will use ``postgres_db``; the pool starts creating the
+    first test database as soon as the server is ready, while the password is set."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    # Importing psycopg costs ~0.1 s; do it while the data dir is copied and the server
-    # starts (other processes), so the first connection does not pay for it.
-    preload = threading.Thread(
-        target=importlib.import_module, args=("psycopg",), name="pytest-resilience-preload"
-    )
-    preload.start()
+    secret: list[tuple[str, str]] = []
+
+    def preload() -> None:
+        # Importing psycopg costs ~0.1 s and the verifier's PBKDF2 a few ms: both
+        # happen while the data dir is copied and the server starts (other processes).
+        secret.append(_new_password())
+        importlib.import_module("psycopg")
+
+    thread = threading.Thread(target=preload, name="pytest-resilience-preload")
+    thread.start()
+    probe = _VersionProbe(pg_bin)
     try:
-        return _start_local(pg_bin, cache_dir, timings, t0)
+        return _start_local(pg_bin, cache_dir, timings, t0, probe, thread, secret, prefetch)
     finally:
-        preload.join()
+        probe.close()
+        thread.join()
 
 
 def _start_local(
-    pg_bin: Path | None, cache_dir: Path | None, timings: dict[str, float], t0: float
+    pg_bin: Path | None, cache_dir: Path | None, timings: dict[str, float], t0: float,
+    probe: _VersionProbe, preload: threading.Thread, secret: list[tuple[str, str]],
+    prefetch: bool,
 ) -> tuple[PostgresServer, dict[str, float]]:
-    binaries = find_binaries(pg_bin)
+    if probe.bindir is None:
+        find_binaries(pg_bin)  # raises the error that says how to get them
     run_as = run_as_account()
     timings["find"] = time.perf_counter() - t0
     for _attempt in range(PORT_ATTEMPTS):
@@ -655,7 +870,9 @@ def _start_local(
             sock = base / "sock"
             sock.mkdir(mode=0o700)
             run_as.chown(sock)
-            data, from_cache = _prepare_data_dir(binaries, base, run_as, cache_dir)
+            data, from_cache, binaries = _prepare_data_dir(
+                probe, pg_bin, base, run_as, cache_dir
+            )
             timings["data_dir_copied" if from_cache else "initdb"] = time.perf_counter() - t0
             log = base / "postgres.log"
             port = propose_port()
@@ -669,7 +886,10 @@ def _start_local(
                     _stop=postmaster.stop,
                 )
                 try:
-                    _set_session_password(server)
+                    if prefetch:
+                        server.pool.prefetch()
+                    preload.join()
+                    _set_session_password(server, secret[0] if secret else _new_password())
                 except BaseException:
                     server.close()
                     raise
@@ -771,11 +991,14 @@ def start_docker(image: str = "postgres:15-alpine") -> PostgresServer:
 
 def start_postgres(
     mode: str, *, pg_bin: Path | None = None, dsn: str | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, prefetch: bool = False,
 ) -> PostgresServer:
-    """Give a running server for ``mode`` (local, docker or external)."""
+    """Give a running server for ``mode`` (local, docker or external).
+
+    ``prefetch``: per-test databases will be wanted (local mode: the first one is made
+    while the server finishes starting)."""
     if mode == "local":
-        server = start_local(pg_bin, cache_dir)[0]
+        server = start_local(pg_bin, cache_dir, prefetch=prefetch)[0]
     elif mode == "external":
         if dsn is None:
             raise ConfigError("--resilience-postgres=external needs --resilience-postgres-dsn")

@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         "anything else is refused with 400)",
     )
     parser.add_argument("--runtime-metrics", action="store_true", help=argparse.SUPPRESS)
+    # Timers as in the thread engine (no early wake-up): the benchmark's baseline.
+    parser.add_argument("--plain-timers", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=_fd, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--parent-fd", type=_fd, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -118,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pytest_resilience.errors import ConfigError, ServiceError
     from pytest_resilience.toxiproxy.server import Engine, close_loop, new_event_loop, read_config
+    from pytest_resilience.toxiproxy.toxics import PRECISION
+
+    # This process runs nothing but the engine's loop: its toxics' timers may wake early
+    # and spin the last stretch, so a halted CPU's late wake-up does not delay them.
+    PRECISION.enabled = not args.plain_timers
 
     try:
         config = read_config(args.config)

@@ -316,11 +316,14 @@ def start_process(
     startup_timeout: float = 10.0,
     allow_remote_listen: bool = False,
     proxy_metrics: bool = False,
+    precise_timers: bool = True,
 ) -> EngineHandle:
     """Run the engine as ``python -m pytest_resilience.toxiproxy`` in a child process.
 
     Proxies may listen on loopback addresses only unless ``allow_remote_listen``;
-    ``GET /metrics`` is served only with ``proxy_metrics`` (``--proxy-metrics``)."""
+    ``GET /metrics`` is served only with ``proxy_metrics`` (``--proxy-metrics``).
+    ``precise_timers=False`` arms the toxics' timers plainly, as the thread engine does
+    (see :class:`~pytest_resilience.toxiproxy.toxics.TimerPrecision`)."""
     if config is not None:
         read_config(config)  # fail fast, in the caller, with a clear error
     ready_r, ready_w = os.pipe()
@@ -341,6 +344,8 @@ def start_process(
         cmd.append("--allow-remote-listen")
     if proxy_metrics:
         cmd.append("--proxy-metrics")
+    if not precise_timers:
+        cmd.append("--plain-timers")
     env = dict(os.environ)
     root = _package_root()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
