@@ -2,12 +2,19 @@
 overhead of the runner over the same checks written as Python tests, as a ratio of the
 summed setup+call+teardown durations measured in the same pytest process.
 
-    .venv/bin/python benchmarks/bench_scenarios.py [--rounds 5]
+Each round runs, in one pytest process after warm-up items, ``--repeat`` copies of each
+scenario and of its Python twin, interleaved (scenario, twin, twin, scenario, ...), so
+both sides are measured in steady state and neither pays the process's first-use costs;
+the ratio is the median scenario time over the median twin time.
+
+    .venv/bin/python benchmarks/bench_scenarios.py [--rounds 5] [--repeat 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,8 +32,10 @@ PAIRS = {  # scenario node id -> its Python twin
 }
 
 
-def _durations(args: list[str]) -> tuple[dict[str, float], float]:
-    """Per test: setup + call + teardown seconds (from the JUnit report), and the wall."""
+def _durations(args: list[str], env: dict[str, str] | None = None,
+               ) -> tuple[dict[str, float], float]:
+    """Per test name: setup + call + teardown seconds (from the JUnit report), and the
+    wall."""
     import tempfile
     import xml.etree.ElementTree as ET
 
@@ -38,26 +47,42 @@ def _durations(args: list[str]) -> tuple[dict[str, float], float]:
              "no:cacheprovider", f"--junitxml={report}", "-o", "junit_duration_report=total",
              *args],
             cwd=ROOT, capture_output=True, text=True, check=False,
+            env={**os.environ, **(env or {})},
         )
         wall = time.perf_counter() - started
         if out.returncode != 0:
             raise SystemExit(f"pytest failed:\n{out.stdout[-3000:]}")
-        totals: dict[str, float] = {}
-        for case in ET.parse(report).iter("testcase"):
-            classname = case.get("classname", "")
-            name = case.get("name", "")
-            if ".yaml" in classname or (classname.startswith(("scenarios", "benchmarks")) \
-                    and not classname.endswith("test_equivalents")):
-                nodeid = next((k for k in PAIRS if k.endswith("::" + name)), name)
-            else:
-                nodeid = classname.replace(".", "/") + ".py::" + name
-            totals[nodeid] = float(case.get("time", "0"))
+        totals = {str(case.get("name")): float(case.get("time", "0"))
+                  for case in ET.parse(report).iter("testcase")}
     return totals, wall
+
+
+def _copies(workdir: Path, repeat: int) -> dict[str, list[tuple[str, str, str, str]]]:
+    """``repeat`` renamed copies of each scenario in ``workdir``; per scenario, a list of
+    (scenario path, its test name, twin node id, twin test name)."""
+    import re
+
+    pairs: dict[str, list[tuple[str, str, str, str]]] = {}
+    for scenario, twin in PAIRS.items():
+        path = scenario.split("::")[0]
+        text = (ROOT / path).read_text()
+        stem = Path(path).stem
+        for rep in range(repeat):
+            copy = workdir / f"{stem}_{rep}.resilience.yaml"
+            copy.write_text(re.sub(r"^name: .*$", f"name: {stem} copy {rep}", text,
+                                   count=1, flags=re.M))
+            func = twin.rsplit("::", 1)[1]
+            pairs.setdefault(path, []).append(
+                (str(copy.relative_to(ROOT)), f"{stem}_copy_{rep}", f"{twin}[{rep}]",
+                 f"{func}[{rep}]"))
+    return pairs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=6,
+                        help="copies of each scenario and twin per round (default 6)")
     args = parser.parse_args()
     walls = []
     for _ in range(args.rounds):
@@ -65,27 +90,37 @@ def main() -> int:
     print(f"whole shipped scenario run (pytest scenarios, wall incl. start-up): "
           f"min {min(walls):.2f} s, median {statistics.median(walls):.2f} s, "
           f"max {max(walls):.2f} s over {args.rounds} rounds (goal < 30 s)")
-    ratios: dict[str, list[float]] = {k: [] for k in PAIRS}
-    absolute: dict[str, list[tuple[float, float]]] = {k: [] for k in PAIRS}
-    for round_no in range(args.rounds):
-        # both in one process after a warm-up test that starts the session's services;
-        # which side runs first alternates (the first pays lazy imports)
+    workdir = ROOT / ".bench-scenarios"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
+    try:
+        pairs = _copies(workdir, args.repeat)
+        ratios: dict[str, list[float]] = {k: [] for k in pairs}
+        absolute: dict[str, list[tuple[float, float]]] = {k: [] for k in pairs}
         warm = ["benchmarks/scenario_equivalents/test_equivalents.py::test_warm_up",
                 "benchmarks/scenario_equivalents/test_equivalents.py::test_warm_up_virtual",
                 "benchmarks/scenario_equivalents/warm.resilience.yaml"]
-        order = [*warm, *PAIRS.values(), *PAIRS.keys()] if round_no % 2 == 0 else \
-            [*warm, *PAIRS.keys(), *PAIRS.values()]
-        totals, _ = _durations(order)
-        for scenario, twin in PAIRS.items():
-            ratios[scenario].append(totals[scenario] / totals[twin])
-            absolute[scenario].append((totals[scenario], totals[twin]))
-    for scenario, values in ratios.items():
-        name = scenario.split("::")[0]
-        scen = statistics.median(a for a, _ in absolute[scenario]) * 1000
-        twin = statistics.median(b for _, b in absolute[scenario]) * 1000
-        print(f"{name}: runner / Python test = median {statistics.median(values):.2f}x "
+        for round_no in range(args.rounds):
+            order = list(warm)
+            for reps in pairs.values():
+                for rep, (copy, _, twin, _) in enumerate(reps):
+                    first, second = (copy, twin) if (rep + round_no) % 2 == 0 else (twin, copy)
+                    order += [first, second]
+            totals, _ = _durations(order, env={"BENCH_REPEAT": str(args.repeat)})
+            for path, reps in pairs.items():
+                scen = statistics.median(totals[name] for _, name, _, _ in reps)
+                twin_t = statistics.median(totals[name] for _, _, _, name in reps)
+                ratios[path].append(scen / twin_t)
+                absolute[path].append((scen, twin_t))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for path, values in ratios.items():
+        scen = statistics.median(a for a, _ in absolute[path]) * 1000
+        twin = statistics.median(b for _, b in absolute[path]) * 1000
+        print(f"{path}: runner / Python test = median {statistics.median(values):.2f}x "
               f"(min {min(values):.2f}, max {max(values):.2f}; goal <= 1.1x); "
-              f"median {scen:.0f} ms vs {twin:.0f} ms per test")
+              f"median {scen:.0f} ms vs {twin:.0f} ms per test "
+              f"({args.repeat} of each per round, interleaved)")
     return 0
 
 

@@ -3,6 +3,8 @@ as Python tests with the same fixtures and the same verdict (for bench_scenarios
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from content_service import scenario_targets as targets
 from content_service.tasks import TaskTimedOut
@@ -11,8 +13,12 @@ from pytest_resilience import Verdict, expect_timeout
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.no_leaks]
 
+#: copies of each measured test (bench_scenarios.py interleaves them with the scenarios)
+REPEAT = range(int(os.environ.get("BENCH_REPEAT", "1")))
 
-async def test_pool_health(pg_proxy):
+
+@pytest.mark.parametrize("rep", REPEAT)
+async def test_pool_health(pg_proxy, rep):
     grades = await targets.health_grades(postgres_dsn=pg_proxy.dsn)
     expected = {"idle": "healthy", "busy": "degraded", "exhausted": "critical",
                 "released": "healthy"}
@@ -21,13 +27,15 @@ async def test_pool_health(pg_proxy):
 
 
 @pytest.mark.virtual_time
-async def test_task_timeout():
+@pytest.mark.parametrize("rep", REPEAT)
+async def test_task_timeout(rep):
     async with expect_timeout(within=900, exc=TaskTimedOut):
         await targets.hour_long_task()
 
 
 @pytest.mark.virtual_time
-async def test_fallback(http_backends):
+@pytest.mark.parametrize("rep", REPEAT)
+async def test_fallback(http_backends, rep):
     backend = http_backends({"GET /trends": ['200 {"items": ["a", "b"]}', "reset forever"]},
                             assert_all_used=False)
     served = await targets.served_while_api_down(trends_api_url=backend.url, calls=4)
