@@ -115,11 +115,11 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for path, values in ratios.items():
-        scen = statistics.median(a for a, _ in absolute[path]) * 1000
-        twin = statistics.median(b for _, b in absolute[path]) * 1000
+        scen_ms = statistics.median(a for a, _ in absolute[path]) * 1000
+        twin_ms = statistics.median(b for _, b in absolute[path]) * 1000
         print(f"{path}: runner / Python test = median {statistics.median(values):.2f}x "
               f"(min {min(values):.2f}, max {max(values):.2f}; goal <= 1.1x); "
-              f"median {scen:.0f} ms vs {twin:.0f} ms per test "
+              f"median {scen_ms:.0f} ms vs {twin_ms:.0f} ms per test "
               f"({args.repeat} of each per round, interleaved)")
     return 0
 
