@@ -50,6 +50,7 @@ class Settings:
     cache_dir: Path | None = None
     report: Path | None = None
     soak: dict[str, Any] | None = None  # {"duration": s} | {"iterations": n}
+    replay: Path | None = None  # an explore record or replay scenario to run instead
 
     def header_lines(self) -> list[str]:
         """Lines for the pytest report header: the effective configuration."""
@@ -119,6 +120,8 @@ _OPTIONS = (
     _Opt("soak", "bound every soak run (marked @pytest.mark.soak, or a scenario whose drive "
          "is a load run) by DURATION (60s, 15m, 24h) or ITERATIONS (a number of calls) "
          "instead of its own bound"),
+    _Opt("replay", "run the fault schedule in FILE (an explore JSON record or a written "
+         "replay scenario) in place of a scenario's explore: search, with its seed"),
 )
 
 
@@ -285,6 +288,7 @@ def from_config(config: pytest.Config) -> Settings:
         "toxiproxy_url": _url,
         "seed": _seed(config),
         "soak": _soak,
+        "replay": _path(must_be_dir=False),
     }
     values: dict[str, Any] = {}
     raw = _raw_values(config)

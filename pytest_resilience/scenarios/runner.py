@@ -215,8 +215,15 @@ class _Faults:
         self.completed: Callable[[], int] = lambda: 0
         #: the target's BreakerObserver (``after: breaker opened``)
         self.breaker = breaker
+        from pytest_resilience.explore import logged_applier
+
         for index, step in enumerate(steps):
-            self.schedule.add(self._label(index, step), self._applier(index, step),
+            # explore/replay runs record which fault fired when and which requests it hit
+            backend = services[step.on].backend if step.http else None
+            apply = logged_applier(self._applier(index, step), index,
+                                   self._label(index, step), target=backend,
+                                   calls=lambda: self.completed())
+            self.schedule.add(self._label(index, step), apply,
                               at=step.at, for_=step.for_, every=step.every,
                               after=self._trigger(step),
                               after_label=f"after {step.after}" if step.after else "")
@@ -1093,7 +1100,7 @@ def _explore(prepared: _Prepared, request: pytest.FixtureRequest) -> None:
     smallest, as a ``faults:`` section and a replay file."""
     __tracebackhide__ = True
     from pytest_resilience.config import settings_key
-    from pytest_resilience.explore import Schedule, explore, fault_schedules
+    from pytest_resilience.explore import Schedule, explore, fault_schedules, replay
     from pytest_resilience.verdicts.core import pop_sink, push_sink
 
     scenario = prepared.scenario
@@ -1137,6 +1144,15 @@ def _explore(prepared: _Prepared, request: pytest.FixtureRequest) -> None:
 
     seed = scenario.seed if scenario.seed is not None else \
         request.config.stash[settings_key].seed
+    chosen_replay = request.config.stash[settings_key].replay
+    if chosen_replay is not None:  # --resilience-replay=FILE: run that schedule, no search
+        again = replay(run_once, chosen_replay, seed=seed)
+        for handle in services.values():
+            if handle.backend is not None:
+                handle.backend.reset()
+        if again.reproduced:
+            pytest.fail(f"scenario {scenario.name!r}: {again.report()}", pytrace=False)
+        return
     m, k = spec.replays
     result = explore(run_once, strategy, max_examples=spec.examples, max_time=spec.max_time,
                      seed=seed, replays=(m, k), rate_runs=spec.rate_runs)
@@ -1149,19 +1165,25 @@ def _explore(prepared: _Prepared, request: pytest.FixtureRequest) -> None:
         expected={"examples": spec.examples}, observed={
             "examples": result.examples, "elapsed_s": round(result.elapsed, 3),
             "schedule": result.schedule.as_faults() if result.schedule else None,
-            "reproduced": result.reproduced, "replayed": result.replayed, "seed": seed},
+            "reproduced": result.reproduced, "replayed": result.replayed, "seed": seed,
+            "searched": result.searched.as_faults() if result.searched else None,
+            "injections": result.injections.entries if result.injections else None},
         outcome=(f"{result.examples} schedules explored" if not result.found else
                  f"{len(result.schedule or ())} fault(s) break it, "
                  f"{result.reproduced} of {result.replayed} replays"))
     collect(summary)
     if result.schedule is None:
         return
-    replay = _write_replay(request, scenario, result.schedule)
+    written = _write_replay(request, scenario, result.schedule, seed)
+    if written.endswith(".resilience.yaml"):
+        result.save(written.removesuffix(".resilience.yaml") + ".explore.json")
     pytest.fail(f"scenario {scenario.name!r}: {result.report()}\n\nreplay it: pytest "
-                f"{replay}", pytrace=False)
+                f"{written}  (or --resilience-replay={written} on this scenario)",
+                pytrace=False)
 
 
-def _write_replay(request: pytest.FixtureRequest, scenario: Scenario, schedule: Any) -> str:
+def _write_replay(request: pytest.FixtureRequest, scenario: Scenario, schedule: Any,
+                  seed: int) -> str:
     """The scenario with the minimal schedule as its ``faults`` (``*.resilience.yaml``:
     pytest collects it from anywhere)."""
     import re
@@ -1174,6 +1196,7 @@ def _write_replay(request: pytest.FixtureRequest, scenario: Scenario, schedule: 
                                mode="json")
     data["name"] = f"{scenario.name} (replay)"
     data["faults"] = schedule.as_faults()
+    data["seed"] = seed  # the replay seeds its random draws as the search did
     directory = request.config.stash[settings_key].report
     folder: Any
     if directory is not None:

@@ -100,6 +100,20 @@ def test_the_smallest_breaking_schedule_and_its_replay(pytester: pytest.Pytester
                                           str(replays[0]), timeout=120)
     again.assert_outcomes(failed=1)
     again.stdout.fnmatch_lines(["*FAILED attempts: requests reaching api*"])
+    # the JSON record beside it, given to the scenario itself: no search, the same failure
+    records = list((report / "replay").glob("*.explore.json"))
+    assert len(records) == 1, out
+    replayed = _run(pytester, SCENARIO.format(examples=40), "scenarios",
+                    f"--resilience-replay={records[0]}")
+    replayed.assert_outcomes(failed=1)
+    text = replayed.stdout.str()
+    assert "schedules explored" not in text, text
+    assert "injection log" in text.lower(), text
+    # the same record against the correct client: it does not reproduce, the test passes
+    correct = SCENARIO.format(examples=40).replace(
+        "    seed: 3", "    seed: 3\n    parametrize: {buggy: [false]}")
+    _run(pytester, correct, "scenarios",
+         f"--resilience-replay={records[0]}").assert_outcomes(passed=1)
 
 
 def test_a_correct_client_survives_the_search(pytester: pytest.Pytester) -> None:
