@@ -93,6 +93,15 @@ EXPECTED: dict[str, dict[str, str]] = {
 }
 
 
+#: defect -> {test that may fail too: why}. A blocking sleep in async code serializes the
+#: eight clients' retries: on a loaded machine every client then comes back past the top
+#: of its jitter band, and the spread check cannot see jitter any more (it fails, saying
+#: that delays alone explain the spread - "a blocked event loop" among the causes).
+MAY_ALSO_FAIL: dict[str, set[str]] = {
+    "blocking_call": {SC + "clients_that_fail_together_do_not_retry_together"},
+}
+
+
 def _defect_names() -> set[str]:
     spec = importlib.util.spec_from_file_location(
         "content_service_defects", EXAMPLES / "content_service" / "defects.py"
@@ -143,7 +152,8 @@ def test_exactly_the_matching_tests_fail(defect: str, tmp_path: Path) -> None:
     failed, passed, output = _run_examples(defect, tmp_path)
 
     expected = EXPECTED[defect]
-    assert set(failed) == set(expected), (
+    extra = MAY_ALSO_FAIL.get(defect, set())
+    assert set(expected) <= set(failed) <= set(expected) | extra, (
         f"CONTENT_SERVICE_DEFECT={defect!r}: expected failing {sorted(expected)}, "
         f"got {sorted(failed)}\n{output}"
     )

@@ -244,7 +244,15 @@ class _Conn:
         stage's own for a ``busy`` hang, the held response for a ``done`` one)."""
         if hang is not self.hang or hang.ended.is_set() or self.closed:
             return
-        hang.released = time.monotonic()
+        now = time.monotonic()
+        left = hang.started + (rule.release_after or 0.0) - now
+        if left > 0:
+            # uvloop runs timers on a cached millisecond loop clock: a timer can fire up
+            # to a few ms before its time.monotonic() deadline. "Nobody ended it by then"
+            # must hold, so an early call waits for the rest.
+            asyncio.get_running_loop().call_later(left, self.release_hang, hang, rule)
+            return
+        hang.released = now
         self._end_hang(hang)
         if hang.server == "done":
             self._release_held()

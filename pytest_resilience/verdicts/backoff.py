@@ -672,7 +672,10 @@ def expect_jitter(
       width of :data:`REAL_TOLERANCE`, 17 ms), which can add or remove that much spread:
       the required spread is lowered by *noise* but must exceed it, and a retry whose
       band is too narrow for that is not judged. Requested waits and virtual time are
-      exact (no floor).
+      exact (no floor). With a model the floor is checked against the evidence: noise
+      only makes a wait longer, so a judged retry whose spread is no larger than the
+      lateness of its latest wait past the band's upper edge (beyond the floor) is
+      lock-step, whatever the load: no client waited less than the top of its band.
 
     Raises :class:`JitterMismatch` with a table (retry, samples, min, max, spread,
     required) when the retries are in lock-step.
@@ -691,6 +694,16 @@ def expect_jitter(
     )
     per_line = [t.delays() for t in lines]
     most = max((len(d) for d in per_line), default=0)
+    # The floor is an assumption about the machine, and the evidence can refute it: noise
+    # on the real clock only makes a wait look longer, so a delay past its band's upper
+    # edge shows at least that much noise in its row. A spread no larger than that is
+    # explained by noise alone (every client waited the top of its band or longer).
+    late_by: list[float] = [0.0] * most
+    if not exact and model is not None:
+        for d in per_line:
+            for i, delay in enumerate(d):
+                hi = model.band(i + 1, d[i - 1] if i else None)[1]
+                late_by[i] = max(late_by[i], delay - hi)
 
     rows: list[_JitterRow] = []
     for i in range(most):
@@ -731,7 +744,13 @@ def expect_jitter(
             alarm += _spread_false_alarm(samples, fraction)
         row.ok = row.spread >= row.required
     judged = [r for r in judged if r.required is not None]
-    lockstep = [r for r in judged if not r.ok and r.spread <= floor + EXACT.widen(0.0, 0.0)[1]]
+    # (a wake-up may come up to REAL_TOLERANCE.early before its due time)
+    noisy = [r for r in judged if late_by[r.retry - 1] > floor
+             and r.spread <= late_by[r.retry - 1] + REAL_TOLERANCE.early]
+    for row in noisy:
+        row.ok = False
+    lockstep = [r for r in judged if not r.ok and
+                (r.spread <= floor + EXACT.widen(0.0, 0.0)[1] or r in noisy)]
     narrow = [r for r in judged if not r.ok and r not in lockstep]
 
     what = model.describe() if model is not None else "jittered retries"
@@ -770,6 +789,14 @@ def expect_jitter(
         notes.append(
             f"min_spread={min_spread:g} of the band: a correctly jittered policy fails with "
             f"probability <= {alarm:.2g}"
+        )
+    for row in noisy:
+        notes.append(
+            f"retry {row.retry}: no client waited less than the top of its band; the waits "
+            f"spread over {fmt_s(row.spread)}, no more than the {fmt_s(late_by[row.retry - 1])} "
+            f"by which the latest came after it (beyond the {fmt_s(floor)} noise floor): "
+            "delays alone explain that spread (no jitter, or something that holds back every "
+            "retry: a loaded machine, a blocked event loop)"
         )
     clock_text = "exact" if exact else f"real clock, noise floor {fmt_s(floor)}"
     sources = sorted({t.source or "timeline" for t in lines})

@@ -81,7 +81,7 @@ class LoopLagProbe:
     right at the end of the block shows up too.
 
     With ``watch=`` (seconds) a watchdog thread samples the loop thread's
-    stack whenever the loop is more than ``watch / 2`` late and records the
+    stack while the loop is late and, once it is more than ``watch / 2`` late, records the
     innermost frame outside the stdlib, installed packages and this plugin, and how
     long consecutive samples (no probe tick between them) found the thread there:
     :attr:`blocked_at` is the call site of the worst block (``file:line in
@@ -127,19 +127,26 @@ class LoopLagProbe:
         # from the first to the last of consecutive samples with no probe tick between
         # them. The latest moment is not the blocking call: a sample can land just after
         # the block ended, in the code that resumes after it (the awaiting caller).
+        # Stretches are followed from the first missed tick (late by more than a poll), so
+        # a stay is timed from near the block's start; a site is recorded once the loop is
+        # late by more than the threshold. One sighting names a site (a stay of 0): on a
+        # loaded machine the watchdog itself may get only one sample in during a block.
         stretch: tuple[str | None, int, float] = (None, -1, 0.0)
         while not self._stopping.wait(poll):
             now = time.perf_counter()
-            if now - self._due <= threshold:
+            late = now - self._due
+            if late <= poll:
                 stretch = (None, -1, 0.0)
                 continue
             ticks = self.samples
             site = _user_site(sys._current_frames().get(self._loop_thread))
             if site is None or stretch[:2] != (site, ticks):
                 stretch = (site, ticks, now)
+                if site is not None and late > threshold:
+                    self.sites.setdefault(site, 0.0)
                 continue
             stayed = now - stretch[2]
-            if stayed > self.sites.get(site, 0.0):
+            if late > threshold and stayed > self.sites.get(site, 0.0):
                 self.sites[site] = stayed
 
     def start(self) -> None:

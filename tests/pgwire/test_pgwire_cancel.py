@@ -8,6 +8,7 @@ import asyncio
 import re
 import threading
 import time
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -177,3 +178,37 @@ def test_hang_log_records_the_backend(pg_fault: PgFault) -> None:
     assert (hang.pid, hang.server, hang.cancelled) == (pid, "done", None)
     assert hang.released is not None
     assert hang.ended.is_set()
+
+
+@pytest.mark.asyncio
+async def test_an_early_timer_does_not_release_the_hang(pg_fault: PgFault,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: uvloop's timers run on a cached millisecond clock and can fire a little
+    before ``release_after`` (seen as "stayed open 699.4 ms after its 300 ms timeout" with
+    give_up_after=1.0). The stage re-checks its own deadline: a release timer that fires
+    early - here at once - waits for the rest instead of ending the hang."""
+    from pytest_resilience.pgwire import proxy
+
+    held = threading.Event()
+    inject = proxy._Conn._inject
+
+    def inject_and_tell(conn: Any, rule: Any, *args: Any, **kwargs: Any) -> bytes:
+        out = inject(conn, rule, *args, **kwargs)
+        if rule.kind == "hang":
+            held.set()
+        return out
+
+    monkeypatch.setattr(proxy._Conn, "_inject", inject_and_tell)
+    release_after = 0.3
+    async with await psycopg.AsyncConnection.connect(pg_fault.dsn, autocommit=True) as conn:
+        with pg_fault.hang(match="generate_series", server="done",
+                           release_after=release_after) as rule:
+            query = asyncio.ensure_future(conn.execute(SLOW))
+            assert await asyncio.to_thread(held.wait, 10)
+            [hang] = rule.hangs
+            stage_conn = pg_fault._conns[hang.connection]
+            pg_fault._thread.loop.call_soon_threadsafe(stage_conn.release_hang, hang, rule)
+            cur = await asyncio.wait_for(query, 10)
+            assert await cur.fetchone() == (10,)
+    assert hang.released is not None
+    assert hang.released - hang.started >= release_after

@@ -262,18 +262,22 @@ def test_tenacity_real_time_curve() -> None:
 
 
 def test_tenacity_real_time_fixed_wait_fails() -> None:
+    """A fixed 20 ms wait claimed as 20/40/80/160/320 ms. Load only makes a delay longer,
+    so a delay *short* of its band is the defect's robust signature: six attempts put the
+    last one 300 ms short, and several rows off (not one a late wake-up could hide)."""
     import tenacity
 
     dependency = track(always_down)
     retrying = tenacity.Retrying(
-        wait=tenacity.wait_fixed(0.02), stop=tenacity.stop_after_attempt(4), reraise=True
+        wait=tenacity.wait_fixed(0.02), stop=tenacity.stop_after_attempt(6), reraise=True
     )
     with pytest.raises(Down):
         retrying(dependency)
     with pytest.raises(BackoffMismatch) as info:
-        expect_backoff(dependency.timeline, CURVE, attempts=4)
-    assert re.search(r"4        80 ms           \S+ ms\s+-\S+ ms\s+<--", str(info.value))
-    assert "the measured delays look like" in str(info.value)
+        expect_backoff(dependency.timeline, CURVE, attempts=6)
+    text = str(info.value)
+    assert re.search(r"^6\s+320 ms\s+\S+ ms\s+-\S+ ms\s+<--$", text, re.MULTILINE), text
+    assert "the measured delays look like" in text, text
 
 
 def test_backoff_real_time_curve(quiet_backoff_logger: None) -> None:

@@ -210,11 +210,18 @@ def test_jitter_much_narrower_than_claimed_fails() -> None:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("jittered", [True, False], ids=["full-jitter", "no-jitter"])
 async def test_real_clock_clients_against_http_backend(http_backend: Any, jittered: bool) -> None:
-    """Ten concurrent clients retry a 3x503 outage; the backend's log is the evidence."""
+    """Concurrent clients retry a 3x503 outage; the backend's log is the evidence.
+
+    On a loaded machine the arrival gaps carry 50-400 ms of noise (a burst of requests
+    through one loop and the backend's thread), enough to spread lock-step clients past
+    a 17 ms floor's requirement. Noise only makes a gap longer, though: lock-step clients
+    all wait at least the top of the band, which the verdict checks. 24 clients and a
+    300 ms base make every retry judged and a false alarm negligible.
+    """
     import httpx
 
-    clients = 10
-    base = 0.15
+    clients = 24
+    base = 0.3
     rng = random.Random(42)
     for i in range(clients):
         http_backend.route("GET", f"/c{i}", "503 x3", "200")
@@ -234,10 +241,34 @@ async def test_real_clock_clients_against_http_backend(http_backend: Any, jitter
     model = models.exponential(base, 2, jitter="full")
     if jittered:
         verdict = expect_jitter(timelines, model)
-        # retry 1's band (150 ms) is too narrow to beat the 17 ms noise floor reliably
-        assert verdict.rows[0][6].startswith("not judged: band 150 ms too narrow")
-        assert [r[6] for r in verdict.rows[1:]] == ["ok", "ok"]
+        assert [r[6] for r in verdict.rows] == ["ok", "ok", "ok"]
     else:
-        with pytest.raises(JitterMismatch, match=r"lock-step|too little jitter") as info:
+        with pytest.raises(JitterMismatch) as info:
             expect_jitter(timelines, model)
-        assert "real clock, noise floor 17 ms" in str(info.value)
+        assert info.value.verdict.outcome == "lock-step", str(info.value)
+        assert "retries are in lock-step: every client waited about" in str(info.value)
+        assert "real clock, noise floor" in str(info.value)
+
+
+def test_noise_past_the_band_is_not_taken_for_jitter() -> None:
+    """Regression (real clock, loaded machine): lock-step clients whose gaps carry 0-250 ms
+    of noise spread far past a 17 ms floor's requirement - the verdict used to call that
+    "jittered". Noise only lengthens a gap: no client waited less than the top of its band,
+    which names the lock-step whatever the load."""
+    from pytest_resilience.observe.attempts import Timeline
+
+    rng = random.Random(7)
+    timelines = []
+    for _ in range(10):
+        line = Timeline(clock="real", source="backend request log")
+        at = 0.0
+        line.add(at)
+        for ceiling in (0.15, 0.3, 0.6):  # no jitter: every client waits the ceiling
+            at += ceiling + rng.uniform(0.0, 0.25)
+            line.add(at)
+        timelines.append(line)
+    with pytest.raises(JitterMismatch) as info:
+        expect_jitter(timelines, models.exponential(0.15, 2, jitter="full"))
+    verdict = info.value.verdict
+    assert verdict.outcome == "lock-step", str(info.value)
+    assert "no client waited less than the top of its band" in str(info.value)
