@@ -208,7 +208,7 @@ def test_jitter_much_narrower_than_claimed_fails() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("jittered", [True, False], ids=["full-jitter", "no-jitter"])
+@pytest.mark.parametrize("jittered", [True, False], ids=["correct-full-jitter", "defect-no-jitter"])
 async def test_real_clock_clients_against_http_backend(http_backend: Any, jittered: bool) -> None:
     """Concurrent clients retry a 3x503 outage; the backend's log is the evidence.
 
