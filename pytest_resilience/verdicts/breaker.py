@@ -517,7 +517,15 @@ def _fail_fast_property(records: Sequence[CallRecord], plan: _Plan, opened: bool
     )
 
 
-def _half_open_property(trial: CallRecord | None, trip_time: float, plan: _Plan) -> Property:
+def _half_open_property(trial: CallRecord | None, trip_time: float, plan: _Plan,
+                        calls: Sequence[CallRecord] = ()) -> Property:
+    """The first trial came after the recovery timeout, and not late.
+
+    "Too late" needs evidence against the breaker: a probe it refused after the deadline.
+    When the trial reached the backend late but every refused probe knocked before the
+    deadline, the probes themselves came late (a busy machine, a descheduled checker): the
+    breaker may have half-opened on time or not - "not measured", which fails too, but
+    does not accuse the breaker."""
     lo = plan.recovery_timeout - CLOCK_SKEW.early
     hi = plan.recovery_timeout + plan.probe_every + plan.late
     if trial is None:
@@ -529,12 +537,36 @@ def _half_open_property(trial: CallRecord | None, trip_time: float, plan: _Plan)
             detail="the breaker never let a trial call through",
         )
     waited = (trial.reached_at or 0.0) - trip_time
+    refused = [c.started - trip_time for c in calls
+               if c.outcome == "rejected" and trip_time <= c.started < trial.started]
+    last_refused = max(refused, default=None)
+    refused_late = last_refused is not None and last_refused > hi
+    observed = f"first trial {fmt_s(waited)} after opening"
+    detail = ""
+    if waited < lo:
+        detail = "too early"
+    elif refused_late:
+        detail = f"too late: a probe {fmt_s(last_refused or 0.0)} after opening was refused"
+    elif waited > hi:
+        since = fmt_s(last_refused) if last_refused is not None else "the opening"
+        return Property(
+            "half_open_after_recovery_timeout",
+            _expected("half_open_after_recovery_timeout", plan),
+            f"not measured: the probes came late (none between {since} and "
+            f"{fmt_s(waited)} after opening)",
+            False,
+            detail=(f"the checker was held up (a busy machine?): no probe knocked between "
+                    f"{since} and {fmt_s(waited)} after opening, so the breaker may have "
+                    f"half-opened before the {fmt_s(hi)} deadline or after it"),
+            value=waited,
+            measured=False,
+        )
     return Property(
         "half_open_after_recovery_timeout",
         _expected("half_open_after_recovery_timeout", plan),
-        f"first trial {fmt_s(waited)} after opening",
+        observed,
         lo <= waited <= hi,
-        detail="too early" if waited < lo else ("too late" if waited > hi else ""),
+        detail=detail,
         value=waited,
     )
 
@@ -669,7 +701,7 @@ def check_breaker_conformance(
     # half-open only after the recovery timeout: probe until a call gets through
     obs.probe_every, obs.probe_within = plan.probe_every, plan.give_up
     trial = obs.call_until_reached(call, guarded)
-    report.properties.append(_half_open_property(trial, trip_time, plan))
+    report.properties.append(_half_open_property(trial, trip_time, plan, obs.calls))
     if trial is None:
         return _rest_not_measured(report, plan, "no trial call reached the backend")
     reopen_time = obs.calls[-1].ended or time.monotonic()
@@ -774,7 +806,7 @@ async def acheck_breaker_conformance(
 
     obs.probe_every, obs.probe_within = plan.probe_every, plan.give_up
     trial = await obs.acall_until_reached(call, guarded)
-    report.properties.append(_half_open_property(trial, trip_time, plan))
+    report.properties.append(_half_open_property(trial, trip_time, plan, obs.calls))
     if trial is None:
         return _rest_not_measured(report, plan, "no trial call reached the backend")
     reopen_time = obs.calls[-1].ended or time.monotonic()

@@ -311,3 +311,34 @@ def test_a_property_marked_passed_but_not_measured_is_not_ok() -> None:
     assert not report.properties[2].ok
     assert not report.passed
     assert report.verdict().rows[2][-1] == "<-- NOT MEASURED"
+
+
+# -- lateness needs evidence against the breaker -------------------------------------------
+
+
+def _probes(*refused_at: float, trial_at: float) -> tuple[list[Any], Any]:
+    from pytest_resilience.observe.breaker import CallRecord
+
+    calls = [CallRecord(i, at, at, None, "rejected") for i, at in enumerate(refused_at)]
+    trial = CallRecord(len(calls), trial_at, trial_at, trial_at, "ok")
+    return [*calls, trial], trial
+
+
+@pytest.mark.parametrize(("refused", "trial_at", "passed", "measured", "words"), [
+    ((0.01, 0.05, 0.09), 0.105, True, True, "first trial 105 ms after opening"),
+    # the breaker refused a probe well after the deadline: it is late
+    ((0.05, 0.09, 0.4), 0.45, False, True, "too late: a probe 400 ms after opening"),
+    # the probes themselves stopped between 90 ms and 450 ms: cannot tell, not measured
+    ((0.05, 0.09), 0.45, False, False, "no probe knocked between 90 ms and 450 ms"),
+    ((), 0.02, False, True, "too early"),
+])
+def test_a_late_trial_is_blamed_on_the_breaker_only_with_evidence(
+        refused: tuple[float, ...], trial_at: float, passed: bool, measured: bool,
+        words: str) -> None:
+    from pytest_resilience.verdicts.breaker import _half_open_property, _Plan
+
+    plan = _Plan(3, 0.1, 10, 5, 0.2, 0.1)
+    calls, trial = _probes(*refused, trial_at=trial_at)
+    prop = _half_open_property(trial, 0.0, plan, calls)
+    assert (prop.passed, prop.measured) == (passed, measured), prop
+    assert words in f"{prop.observed} {prop.detail}", prop
