@@ -483,6 +483,11 @@ class DatabasePool:
         self._submit(self._dropper, self._drop, name)
         return leftover
 
+    def wait_for_drops(self, timeout: float = 30.0) -> None:
+        """Block until every drop scheduled so far has run (the drop thread takes them in
+        order), or ``timeout`` seconds (then :class:`TimeoutError`)."""
+        self._dropper.submit(lambda: None).result(timeout)
+
     def close(self) -> None:
         """Wait for pending drops, then drop the prefetched database nobody used."""
         pending, self._next = self._next, None

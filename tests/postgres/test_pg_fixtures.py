@@ -85,6 +85,7 @@ def test_isolation_second(postgres_db: PostgresDatabase, postgres: PostgresServe
     assert tables == (0,)
     if _first_db:  # not when run alone with -k
         assert _first_db[0] != postgres_db.dbname
+        postgres.pool.wait_for_drops(timeout=30)  # drops run on their own thread
         with postgres.connect() as conn:
             left = conn.execute(
                 "SELECT count(*) FROM pg_database WHERE datname = %s", (_first_db[0],)
