@@ -48,7 +48,9 @@ MiB = 1024 * 1024
 
 
 # -- helper processes -----------------------------------------------------------------------
-def _helper_echo() -> None:
+def _helper_echo(delay: float = 0.0) -> None:
+    """An echo server; with ``delay`` it answers each read after sleeping that long (a
+    plain timer: the machine's own wake-up lateness, the latency rows' baseline)."""
     listener = socket.create_server(("127.0.0.1", 0))
     print(listener.getsockname()[1], flush=True)
 
@@ -56,23 +58,8 @@ def _helper_echo() -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
             while data := conn.recv(65536):
-                conn.sendall(data)
-
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-
-def _helper_delay_echo(delay: float) -> None:
-    """An echo server that answers each read after sleeping ``delay`` (a plain timer)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    print(listener.getsockname()[1], flush=True)
-
-    def serve(conn: socket.socket) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with conn:
-            while data := conn.recv(65536):
-                time.sleep(delay)
+                if delay:
+                    time.sleep(delay)
                 conn.sendall(data)
 
     while True:
@@ -254,7 +241,7 @@ def main() -> None:
         elif kind == "sink":
             _helper_sink()
         elif kind == "delay_echo":
-            _helper_delay_echo(float(rest[0]))
+            _helper_echo(float(rest[0]))
         elif kind == "rtt":
             _helper_rtt(int(rest[0]), int(rest[1]), *map(int, rest[2:3]))
         elif kind == "send":

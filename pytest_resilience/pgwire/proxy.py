@@ -104,15 +104,6 @@ def _tune(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 @dataclass(frozen=True)
 class Cancel:
     """A CancelRequest the stage forwarded: when, the backend pid it names, and the proxied
@@ -806,10 +797,10 @@ class PgFaultProxy:
         self._cancel_lock = threading.Lock()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        from pytest_resilience.services.loop_thread import LoopThread
+        from pytest_resilience.services.loop_thread import LoopThread, new_event_loop
 
         self._thread: LoopThread[int] = LoopThread(
-            name, loop_factory=_new_event_loop, modules=("pytest_resilience.pgwire",))
+            name, loop_factory=new_event_loop, modules=("pytest_resilience.pgwire",))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> PgFaultProxy:

@@ -654,6 +654,7 @@ def _verdict_backoff(spec: Backoff, services: dict[str, ServiceHandle], clock: s
 
 
 def _judge(check: Callable[..., Verdict], *args: Any, **kwargs: Any) -> Verdict:
+    """The verdict of ``check(...)``, passed or failed (never raised)."""
     try:
         return check(*args, **kwargs)
     except VerdictFailed as exc:
@@ -708,11 +709,8 @@ def _verdict_breaker(spec: Any, observer: Any) -> Verdict:
     tolerance: Any = spec.tolerance
     if isinstance(tolerance, list):
         tolerance = tuple(tolerance)
-    try:
-        return expect_transitions(observer, spec.states, opens_after=spec.opens_after,
-                                  recovery_timeout=spec.recovery_timeout, tolerance=tolerance)
-    except VerdictFailed as exc:
-        return exc.verdict
+    return _judge(expect_transitions, observer, spec.states, opens_after=spec.opens_after,
+                  recovery_timeout=spec.recovery_timeout, tolerance=tolerance)
 
 
 def _verdict_timeout(spec: Any, calls: list[Call], clock: str) -> Verdict:

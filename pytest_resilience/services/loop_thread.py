@@ -27,7 +27,19 @@ from typing import Any, Generic, TypeVar
 from pytest_resilience.errors import ServiceError
 from pytest_resilience.services import registry
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopThread", "new_event_loop"]
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A fresh uvloop loop when uvloop is importable, else the default asyncio loop (the
+    loop factory of the built-in engine and of the Postgres-protocol stage)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -142,6 +142,12 @@ def _candidate_dirs(pg_bin: Path | None) -> list[Path]:
     return out
 
 
+def _version(returncode: int, output: str) -> str | None:
+    """The version ``postgres --version`` printed, if it succeeded."""
+    match = re.search(r"(\d+(?:\.\d+)*)", output)
+    return match.group(1) if returncode == 0 and match else None
+
+
 def _has_binaries(bindir: Path) -> bool:
     return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres"))
 
@@ -166,9 +172,9 @@ class _VersionProbe:
         proc, self.proc = self.proc, None
         if proc is not None and self.bindir is not None:
             out, _ = proc.communicate()
-            match = re.search(r"(\d+(?:\.\d+)*)", out)
-            if proc.returncode == 0 and match:
-                self._binaries = PgBinaries(bindir=self.bindir, version=match.group(1))
+            version = _version(proc.returncode, out)
+            if version is not None:
+                self._binaries = PgBinaries(bindir=self.bindir, version=version)
         if self._binaries is None:
             self._binaries = find_binaries(pg_bin)
         return self._binaries
@@ -193,9 +199,9 @@ def find_binaries(pg_bin: Path | None = None) -> PgBinaries:
                 [str(bindir / "postgres"), "--version"],
                 capture_output=True, text=True, check=False,
             )
-            match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
-            if out.returncode == 0 and match:
-                return PgBinaries(bindir=bindir, version=match.group(1))
+            version = _version(out.returncode, out.stdout)
+            if version is not None:
+                return PgBinaries(bindir=bindir, version=version)
     where = ", ".join(str(d) for d in searched) or "nothing"
     if pg_bin is None:
         where = f"PATH, /usr/lib/postgresql/*/bin (found: {where})"

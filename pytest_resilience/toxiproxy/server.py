@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from pytest_resilience.errors import ConfigError, ServiceError
-from pytest_resilience.services.loop_thread import LoopThread
+from pytest_resilience.services.loop_thread import LoopThread, new_event_loop
 from pytest_resilience.services.peers import PeerPolicy
 from pytest_resilience.services.supervise import spawn
 from pytest_resilience.toxiproxy.api import TOXIPROXY_VERSION, Api
@@ -43,16 +43,6 @@ __all__ = ["Engine", "EngineHandle", "new_event_loop", "start_process", "start_t
 log = logging.getLogger("pytest_resilience.toxiproxy")
 
 THREAD_NAME = "pytest-resilience-toxiproxy"
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A fresh uvloop loop when uvloop is importable, else the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def read_config(config: str | Path | None) -> bytes | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import pytest
+from tenacity_helpers import run_tenacity
 
 from pytest_resilience.observe.attempts import TenacityWaits, from_timestamps, from_waits
 from pytest_resilience.verdicts import backoff as models
@@ -29,18 +30,6 @@ from pytest_resilience.verdicts.core import VerdictFailed
 
 SEEDS = range(200)
 RETRIES = 6
-
-
-class Down(ConnectionError):
-    pass
-
-
-def always_down() -> None:
-    raise Down("dependency is down")
-
-
-def no_sleep(seconds: float) -> None:
-    """tenacity's ``sleep=`` hook: the waits are recorded, not slept."""
 
 
 @pytest.fixture
@@ -76,17 +65,7 @@ def backoff_waits(
 
 
 def tenacity_waits(wait: Any, attempts: int = RETRIES + 1) -> TenacityWaits:
-    import tenacity
-
-    rec = TenacityWaits()
-    retrying = tenacity.Retrying(
-        wait=wait, stop=tenacity.stop_after_attempt(attempts), sleep=no_sleep, reraise=True,
-        retry=tenacity.retry_if_exception_type(Down),
-    )
-    rec.attach(retrying)
-    with pytest.raises(Down):
-        retrying(always_down)
-    return rec
+    return run_tenacity(wait, attempts)
 
 
 def tenacity_relative(base: Any, ratio: float) -> Callable[[Any], float]:

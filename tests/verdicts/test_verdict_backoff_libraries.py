@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import pytest
+from tenacity_helpers import Down, always_down, no_sleep, run_tenacity
 
 from pytest_resilience.observe.attempts import (
     BackoffWaits,
@@ -23,34 +24,7 @@ from pytest_resilience.verdicts import backoff as models
 from pytest_resilience.verdicts.backoff import BackoffMismatch, expect_backoff
 from pytest_resilience.verdicts.core import Tolerance
 
-
-class Down(ConnectionError):
-    pass
-
-
-def always_down() -> None:
-    raise Down("dependency is down")
-
-
-def no_sleep(seconds: float) -> None:
-    """tenacity's ``sleep=`` hook: the waits are recorded, not slept."""
-
-
 # -- tenacity: requested waits ---------------------------------------------------------------
-
-
-def run_tenacity(wait: Any, attempts: int) -> TenacityWaits:
-    import tenacity
-
-    rec = TenacityWaits()
-    retrying = tenacity.Retrying(
-        wait=wait, stop=tenacity.stop_after_attempt(attempts), sleep=no_sleep, reraise=True,
-        retry=tenacity.retry_if_exception_type(Down),
-    )
-    rec.attach(retrying)
-    with pytest.raises(Down):
-        retrying(always_down)
-    return rec
 
 
 def test_tenacity_wait_exponential_requested() -> None:
