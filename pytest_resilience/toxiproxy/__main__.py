@@ -91,8 +91,15 @@ def _parser() -> argparse.ArgumentParser:
         "anything else is refused with 400)",
     )
     parser.add_argument("--runtime-metrics", action="store_true", help=argparse.SUPPRESS)
-    # Timers as in the thread engine (no early wake-up): the benchmark's baseline.
-    parser.add_argument("--plain-timers", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--plain-timers", action="store_true",
+        help="arm the toxics' timers plainly, with no early wake-up (less CPU, later timers)",
+    )
+    parser.add_argument(
+        "--no-busy-poll", action="store_true",
+        help="sleep as soon as the loop is idle, with no polling window after each packet "
+        "(less CPU, slower round trips)",
+    )
     parser.add_argument("--ready-fd", type=_fd, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--parent-fd", type=_fd, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
@@ -119,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
 
     from pytest_resilience.errors import ConfigError, ServiceError
+    from pytest_resilience.toxiproxy.link import POLL
     from pytest_resilience.toxiproxy.server import Engine, close_loop, new_event_loop, read_config
     from pytest_resilience.toxiproxy.toxics import PRECISION
 
     # This process runs nothing but the engine's loop: its toxics' timers may wake early
-    # and spin the last stretch, so a halted CPU's late wake-up does not delay them.
+    # and spin the last stretch, and it keeps turning briefly after each packet, so a
+    # halted CPU's late wake-up delays neither.
     PRECISION.enabled = not args.plain_timers
+    POLL.enabled = not args.no_busy_poll
 
     try:
         config = read_config(args.config)

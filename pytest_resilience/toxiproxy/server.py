@@ -307,13 +307,16 @@ def start_process(
     allow_remote_listen: bool = False,
     proxy_metrics: bool = False,
     precise_timers: bool = True,
+    busy_poll: bool = True,
 ) -> EngineHandle:
     """Run the engine as ``python -m pytest_resilience.toxiproxy`` in a child process.
 
     Proxies may listen on loopback addresses only unless ``allow_remote_listen``;
     ``GET /metrics`` is served only with ``proxy_metrics`` (``--proxy-metrics``).
     ``precise_timers=False`` arms the toxics' timers plainly, as the thread engine does
-    (see :class:`~pytest_resilience.toxiproxy.toxics.TimerPrecision`)."""
+    (see :class:`~pytest_resilience.toxiproxy.toxics.TimerPrecision`); ``busy_poll=False``
+    lets the loop sleep as soon as it is idle, with no polling window after each packet
+    (see :class:`~pytest_resilience.toxiproxy.link.PacketPoll`)."""
     if config is not None:
         read_config(config)  # fail fast, in the caller, with a clear error
     ready_r, ready_w = os.pipe()
@@ -336,6 +339,8 @@ def start_process(
         cmd.append("--proxy-metrics")
     if not precise_timers:
         cmd.append("--plain-timers")
+    if not busy_poll:
+        cmd.append("--no-busy-poll")
     env = dict(os.environ)
     root = _package_root()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)

@@ -138,61 +138,88 @@ def _clamp_wait(seconds: float) -> float:
     return min(seconds, MAX_WAIT)
 
 
-class TimerPrecision:
-    """How the stages' timers are armed: plainly, or (the engine's own process) woken a
-    little early, the last stretch spent turning the event loop without blocking.
+class SpinBudget:
+    """What turning the engine's event loop without blocking may cost.
 
-    Why: a timer that blocks in ``epoll_wait`` wakes when the kernel, and on a virtual
-    machine the hypervisor, gets round to it. On a VM whose idle vCPUs halt, that is
-    up to ~4-5 ms late (measured with a bare ``select`` sleep, no Python loop involved),
-    which made a 100 ms latency toxic's p99 error +4 ms while its median was +0.5 ms.
-    Woken early, the loop is already running at the deadline. The loop keeps serving
-    every other connection while it spins (it polls with a zero timeout), and the cost
-    is bounded three ways: at most :attr:`SHARE` of each wait, at most :attr:`MAX_SPIN`
-    per timer, and at most :attr:`BUDGET` of each second of wall time in all (beyond it
-    timers are plain until the next second). The margin adapts: it is the recent worst
-    lateness of the early wake-ups themselves (a decaying maximum), so on a machine
-    whose timers are punctual the spin shrinks to :attr:`MIN_SPIN`.
-
-    On a machine whose CPUs are all taken, spinning backfires: the scheduler charges
-    the spin to the engine and makes it wait for its next turn exactly at the deadline.
-    So a spin that lost the CPU (its wall time exceeds the CPU time the process got by
-    more than :attr:`PREEMPTED`) switches spinning off for :attr:`BACKOFF` seconds.
+    Spinning trades CPU for punctuality: a loop that blocks in ``epoll_wait`` wakes when
+    the kernel, and on a virtual machine the hypervisor, gets round to it. The cost is
+    bounded two ways: at most :attr:`BUDGET` seconds of charged spinning per second of
+    wall time (beyond it nothing spins until the next second), and nothing at all for
+    :attr:`BACKOFF` seconds after a spin lost the CPU (its wall time exceeded the CPU
+    time the process got by more than :attr:`PREEMPTED`): on a machine whose CPUs are
+    all taken, spinning backfires, as the scheduler charges it to the engine and makes
+    it wait for its next turn.
 
     Off by default: in the thread engine a spinning loop would hold the GIL against the
-    test's own threads. ``python -m pytest_resilience.toxiproxy`` (the process engine)
-    switches it on.
+    test's own threads. ``python -m pytest_resilience.toxiproxy`` (the process engine,
+    a process that runs nothing but its loop) switches it on.
     """
 
-    __slots__ = ("enabled", "late", "paused_until", "spent", "window")
+    __slots__ = ("enabled", "paused_until", "spent", "window")
 
-    MIN_SPIN = 0.0003
-    MAX_SPIN = 0.005
-    SHARE = 0.05
-    BUDGET = 0.05  # seconds of spinning per second of wall time
+    BUDGET = 0.05  # seconds of charged spinning per second of wall time
     PREEMPTED = 0.0003
     BACKOFF = 5.0
 
     def __init__(self) -> None:
         self.enabled = False
-        self.late = 0.001  # recent worst lateness of an early wake-up (seconds)
         self.window = 0.0  # start of the current one-second budget window
-        self.spent = 0.0  # seconds spent spinning in that window
+        self.spent = 0.0  # seconds charged in that window
         self.paused_until = 0.0  # no spinning before this time (the CPU was contended)
+
+    def allowed(self, now: float) -> bool:
+        """May a spin start at ``now``?"""
+        if now < self.paused_until:
+            return False
+        if now - self.window >= 1.0:
+            self.window, self.spent = now, 0.0
+        return self.spent < self.BUDGET
+
+    def charge(self, seconds: float) -> None:
+        self.spent += seconds
+
+    def lost_cpu(self, wall: float, cpu: float, allowed: float | None = None) -> None:
+        """A spin took ``wall`` seconds, of which the process ran ``cpu``: if it was off
+        the CPU for more than ``allowed`` (default :attr:`PREEMPTED`), back off."""
+        if wall - cpu > (self.PREEMPTED if allowed is None else allowed):
+            self.paused_until = time.monotonic() + self.BACKOFF
+
+
+class TimerPrecision(SpinBudget):
+    """How the stages' timers are armed: plainly, or (the engine's own process) woken a
+    little early, the last stretch spent turning the event loop without blocking.
+
+    Why: on a VM whose idle vCPUs halt, a timer that blocks in ``epoll_wait`` wakes up
+    to ~4-5 ms late (measured with a bare ``select`` sleep, no Python loop involved),
+    which made a 100 ms latency toxic's p99 error +4 ms while its median was +0.5 ms.
+    Woken early, the loop is already running at the deadline. The loop keeps serving
+    every other connection while it spins (it polls with a zero timeout). Besides the
+    :class:`SpinBudget` (every spin's wall time is charged), a spin is at most
+    :attr:`SHARE` of its wait and at most :attr:`MAX_SPIN`. The margin adapts: it is the
+    recent worst lateness of the early wake-ups themselves (a decaying maximum), so on a
+    machine whose timers are punctual the spin shrinks to :attr:`MIN_SPIN` (and never
+    below it: the lateness is only measured by spinning).
+    """
+
+    __slots__ = ("late",)
+
+    MIN_SPIN = 0.0003
+    MAX_SPIN = 0.005
+    SHARE = 0.05
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = 0.001  # recent worst lateness of an early wake-up (seconds)
 
     def spin_for(self, delay: float) -> float:
         """How long before ``delay`` runs out to wake up (0: arm a plain timer)."""
         if not self.enabled:
             return 0.0
-        spin = min(self.late * 1.25 + 0.0002, self.MAX_SPIN, delay * self.SHARE)
-        if spin < self.MIN_SPIN:
+        spin = min(max(self.late * 1.25 + 0.0002, self.MIN_SPIN), self.MAX_SPIN,
+                   delay * self.SHARE)
+        if spin < self.MIN_SPIN:  # a wait too short to spend SHARE of it on spinning
             return 0.0
-        now = time.monotonic()
-        if now < self.paused_until:
-            return 0.0
-        if now - self.window >= 1.0:
-            self.window, self.spent = now, 0.0
-        return spin if self.spent < self.BUDGET else 0.0
+        return spin if self.allowed(time.monotonic()) else 0.0
 
     def woke(self, late: float) -> None:
         """An early wake-up came ``late`` seconds after it was due."""
@@ -200,9 +227,8 @@ class TimerPrecision:
 
     def spun(self, wall: float, cpu: float) -> None:
         """A spin took ``wall`` seconds, of which the process ran ``cpu``."""
-        self.spent += wall
-        if wall - cpu > self.PREEMPTED:
-            self.paused_until = time.monotonic() + self.BACKOFF
+        self.charge(wall)
+        self.lost_cpu(wall, cpu)
 
 
 #: One per process: the event loop of an engine process is its only user.
@@ -257,7 +283,18 @@ class Stage:
                 delay - spin, self._spin, due, due - spin, None, callback
             )
         else:
-            self.timer = self.loop.call_later(delay, callback)
+            self.timer = self.loop.call_later(
+                delay, self._when_due, time.monotonic() + delay, callback
+            )
+
+    def _when_due(self, due: float, callback: Any) -> None:
+        # uvloop keeps timers on a millisecond clock and may run one up to ~1 ms early;
+        # Toxiproxy never delivers early, so neither do we: wait out the remainder.
+        left = due - time.monotonic()
+        if left > 0:
+            self.timer = self.loop.call_later(left, self._when_due, due, callback)
+            return
+        callback()
 
     def _spin(self, due: float, woken: float | None, start: tuple[float, float] | None,
               callback: Any) -> None:
