@@ -11,10 +11,15 @@ its threads is CPU-bound, for the engine in a thread of this process and in a
 child process.
 
 Baselines in the same run: the direct connection for round trips and throughput;
-for the latency toxic, an echo server that sleeps 100 ms itself before each answer
-(the machine's own timer and wake-up lateness, no proxy: the "direct" column) and
-the process engine with plain timers (``precise_timers=False``, as before the early
-wake-up of ``toxics.TimerPrecision``). The load average is printed with the table.
+the process engine without its busy-poll window after packets (``busy_poll=False``,
+as before ``link.PacketPoll``), with the engines' CPU time per round trip; for the
+latency toxic, an echo server that sleeps 100 ms itself before each answer (the
+machine's own timer and wake-up lateness, no proxy: the "direct" column) and the
+process engine with plain timers (``precise_timers=False``, as before the early
+wake-up of ``toxics.TimerPrecision``). With ``$TOXIPROXY_URL`` (a running
+toxiproxy-server) or ``$TOXIPROXY_BIN`` (its binary, started here on a free loopback
+port) the real server gets a column of its own. The load average is printed with the
+table.
 
 Clients, echo and sink servers run as separate helper processes (this same
 script with a ``--_helper`` argument), so the figures measure the engine, not
@@ -164,7 +169,7 @@ def _server(kind: str, *args: str) -> Iterator[int]:
 
 
 # -- measurements -----------------------------------------------------------------------------
-def _proxy(engine: EngineHandle, name: str, upstream: str) -> int:
+def _proxy(engine: EngineHandle | _RealServer, name: str, upstream: str) -> int:
     import httpx
 
     with httpx.Client(base_url=engine.url, timeout=10) as api:
@@ -176,7 +181,7 @@ def _proxy(engine: EngineHandle, name: str, upstream: str) -> int:
         return int(response.json()["listen"].rsplit(":", 1)[1])
 
 
-def _toxic(engine: EngineHandle, name: str, body: dict[str, Any]) -> None:
+def _toxic(engine: EngineHandle | _RealServer, name: str, body: dict[str, Any]) -> None:
     import httpx
 
     httpx.post(f"{engine.url}/proxies/{name}/toxics", json=body, timeout=10).raise_for_status()
@@ -187,24 +192,95 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process, all its threads, in ns resolution (``schedstat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):  # a thread that just ended
+            continue
+    return total / 1e9
+
+
 def _interleaved(
-    targets: dict[str, Any], kind: str, total: int, rounds: int = 5, *extra: str
-) -> dict[str, list[float]]:
+    targets: dict[str, Any], kind: str, total: int, rounds: int = 5, *extra: str,
+    pids: dict[str, int] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Samples per target, and the CPU seconds each process in ``pids`` spent while its
+    target was measured (warm-up included: it is a few percent of the round trips)."""
     samples: dict[str, list[float]] = {name: [] for name in targets}
+    cpu: dict[str, float] = dict.fromkeys(pids or {}, 0.0)
     for _ in range(rounds):
         for name, target in targets.items():
+            pid = (pids or {}).get(name)
+            before = _cpu_seconds(pid) if pid is not None else 0.0
             samples[name] += _run_helper([kind, str(target), str(total // rounds), *extra])
-    return samples
+            if pid is not None:
+                cpu[name] += _cpu_seconds(pid) - before
+    return samples, cpu
 
 
-def _added(samples: dict[str, list[float]]) -> list[str]:
+def _added(samples: dict[str, list[float]], modes: list[str]) -> list[str]:
     base = samples["direct"]
     cells = []
-    for mode in ("thread", "process"):
+    for mode in modes:
         med = statistics.median(samples[mode]) - statistics.median(base)
         p99 = _pct(samples[mode], 0.99) - _pct(base, 0.99)
         cells.append(f"{med * 1e6:+.0f} / {p99 * 1e6:+.0f} us")
     return cells
+
+
+def _cells(columns: list[str], **values: str) -> list[str]:
+    """One row's engine cells: ``values`` by column name, empty elsewhere."""
+    return [values.get(column, "") for column in columns]
+
+
+class _RealServer:
+    """A toxiproxy-server to compare with (duck-types the parts of EngineHandle used)."""
+
+    def __init__(self, url: str, pid: int | None) -> None:
+        self.url = url.rstrip("/")
+        self.pid = pid
+
+
+@contextmanager
+def _real_toxiproxy() -> Iterator[_RealServer | None]:
+    """``$TOXIPROXY_URL``: that server; ``$TOXIPROXY_BIN``: started on a free loopback
+    port; neither: None. The pid is known (CPU per round trip) only when started here."""
+    url = os.environ.get("TOXIPROXY_URL")
+    binary = os.environ.get("TOXIPROXY_BIN")
+    if url:
+        yield _RealServer(url, None)
+        return
+    if not binary:
+        yield None
+        return
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Go's flag package takes --host as well as -host (so does our own engine's CLI).
+    proc = subprocess.Popen(
+        [binary, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        server = _RealServer(f"http://127.0.0.1:{port}", proc.pid)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"{server.url}/version", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"$TOXIPROXY_BIN {binary} did not start (exit {proc.poll()})")
+                time.sleep(0.05)  # polling a child's readiness: there is no event to wait on
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @contextmanager
@@ -253,26 +329,49 @@ def main() -> None:
     rtts = 1000 if args.quick else 5000
     transfer = (256 if args.quick else 2048) * MiB
     toxic_rtts = 40 if args.quick else 120
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
 
     with _server("echo") as echo_port, _server("sink") as sink_port, \
-            _server("delay_echo", "0.1") as delayed_port:
+            _server("delay_echo", "0.1") as delayed_port, _real_toxiproxy() as real:
         echo = f"127.0.0.1:{echo_port}"
         sink = f"127.0.0.1:{sink_port}"
-        engines = {"thread": start_thread(), "process": start_process()}
+        engines: dict[str, Any] = {"thread": start_thread(), "process": start_process()}
+        if real is not None:
+            engines["toxiproxy-server"] = real
+        columns = list(engines)
         plain = start_process(precise_timers=False)
+        no_poll = start_process(busy_poll=False)
         try:
             # Direct and proxied samples are taken in interleaved rounds, so that load
             # from elsewhere on the machine hits all columns alike.
             echo_ports = {"direct": echo_port}
             echo_ports.update({m: _proxy(e, "echo", echo) for m, e in engines.items()})
-            rtt = _interleaved(echo_ports, "rtt", rtts)
+            echo_ports["no_poll"] = _proxy(no_poll, "echo", echo)
+            cpu_pids = {m: e.pid for m, e in engines.items() if e.pid is not None}
+            cpu_pids["no_poll"] = no_poll.pid
+            rtt, cpu = _interleaved(echo_ports, "rtt", rtts, pids=cpu_pids)
             d_med, d_p99 = statistics.median(rtt["direct"]), _pct(rtt["direct"], 0.99)
             rows.append((
                 f"echo RTT, {rtts} round trips: direct median / p99",
-                f"{d_med * 1e6:.0f} / {d_p99 * 1e6:.0f} us", "", "", "",
+                f"{d_med * 1e6:.0f} / {d_p99 * 1e6:.0f} us", *[""] * len(columns), "",
             ))
-            rows.append(("  added by the proxy: median / p99", "", *_added(rtt), "<= 60 / 150 us"))
+            rows.append((
+                "  added by the proxy: median / p99", "", *_added(rtt, columns),
+                "<= 60 / 150 us",
+            ))
+            rows.append((
+                "  baseline: process engine without the busy-poll window", "",
+                *_cells(columns, process=_added(rtt, ["no_poll"])[0]), "",
+            ))
+            per_rtt = {m: f"{cpu[m] / len(rtt[m]) * 1e6:.1f} us" for m in cpu}
+            rows.append((
+                "  engine CPU per round trip (with its sleeps and wake-ups)", "",
+                *[per_rtt.get(m, "") for m in columns], "",
+            ))
+            rows.append((
+                "  baseline: process engine without the busy-poll window", "",
+                *_cells(columns, process=per_rtt["no_poll"]), "",
+            ))
 
             if args.pg_dsn:
                 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -284,19 +383,22 @@ def main() -> None:
                     port = _proxy(engine, "pg", pg_up)
                     dsns[mode] = make_conninfo(args.pg_dsn, host="127.0.0.1", port=str(port))
                 try:
-                    pg = _interleaved(dsns, "pg", rtts)
+                    pg, _ = _interleaved(dsns, "pg", rtts)
                 except HelperFailed as exc:
                     sys.exit(f"cannot run SELECT 1 through --pg-dsn: {exc}")
                 pd_med, pd_p99 = statistics.median(pg["direct"]), _pct(pg["direct"], 0.99)
                 rows.append((
                     f"Postgres SELECT 1 x{rtts}: direct median / p99",
-                    f"{pd_med * 1e6:.0f} / {pd_p99 * 1e6:.0f} us", "", "", "",
+                    f"{pd_med * 1e6:.0f} / {pd_p99 * 1e6:.0f} us", *[""] * len(columns), "",
                 ))
-                rows.append(
-                    ("  added by the proxy: median / p99", "", *_added(pg), "<= 60 / 150 us")
-                )
+                rows.append((
+                    "  added by the proxy: median / p99", "", *_added(pg, columns),
+                    "<= 60 / 150 us",
+                ))
             else:
-                rows.append(("Postgres SELECT 1", "skipped (no --pg-dsn)", "", "", ""))
+                rows.append(
+                    ("Postgres SELECT 1", "skipped (no --pg-dsn)", *[""] * len(columns), "")
+                )
 
             direct_s = _run_helper(["send", str(sink_port), str(transfer)])
             cells = []
@@ -322,26 +424,27 @@ def main() -> None:
             for busy in (False, True):
                 with _busy(busy):
                     # 2 warm-up round trips, not 50: each one takes 100 ms here.
-                    lat = _interleaved(lat_ports, "rtt", toxic_rtts, 4, "2")
+                    lat, _ = _interleaved(lat_ports, "rtt", toxic_rtts, 4, "2")
                 label = "busy thread in this process" if busy else "this process idle"
                 rows.append((
                     f"latency 100 ms error, {toxic_rtts} RTTs, {label}: med / p99 / max",
-                    error(lat["direct"]), error(lat["thread"]), error(lat["process"]),
+                    error(lat["direct"]), *[error(lat[m]) for m in columns],
                     "p99 <= 2 ms (process)",
                 ))
                 rows.append((
-                    "  baseline: process engine with plain timers", "", "",
-                    error(lat["plain"]), "",
+                    "  baseline: process engine with plain timers", "",
+                    *_cells(columns, process=error(lat["plain"])), "",
                 ))
         finally:
-            for engine in (*engines.values(), plain):
+            for engine in (engines["thread"], engines["process"], plain, no_poll):
                 engine.stop()
 
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; direct column of the "
           "latency rows: an echo server sleeping 100 ms itself (no proxy)")
-    header = ("measurement", "direct", "engine: thread", "engine: process", "target")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    header = ("measurement", "direct", *(f"engine: {m}" if m != "toxiproxy-server" else m
+                                          for m in columns), "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     print(line)
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
