@@ -6,7 +6,7 @@ Prints one table: added round-trip latency (median / p99 over >= 5,000
 sequential small round trips to a TCP echo server, and to Postgres
 ``SELECT 1`` when ``--pg-dsn`` is given), throughput of a large transfer in
 1 MiB writes into a sink, and the error of a 100 ms latency toxic (median /
-p99 / max over >= 200 round trips) while this process idles and while one of
+p99 / max over 120 round trips, one per target in turn) while this process idles and while one of
 its threads is CPU-bound, for the engine in a thread of this process and in a
 child process.
 
@@ -110,6 +110,31 @@ def _helper_rtt(port: int, count: int, warmup: int = 50) -> None:
             while got < 16:
                 got += len(sock.recv(16 - got))
             samples.append(time.perf_counter() - start)
+    print(json.dumps(samples))
+
+
+def _helper_rr(ports: str, count: int, warmup: int) -> None:
+    """Round trips to several targets in turn, one sample each per turn, so that a
+    burst of noise on the machine hits every target alike."""
+    targets: dict[str, int] = json.loads(ports)
+    socks = {}
+    for name, port in targets.items():
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks[name] = sock
+    payload = b"x" * 16
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    for turn in range(warmup + count):
+        for name, sock in socks.items():
+            start = time.perf_counter()
+            sock.sendall(payload)
+            got = 0
+            while got < 16:
+                got += len(sock.recv(16 - got))
+            if turn >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    for sock in socks.values():
+        sock.close()
     print(json.dumps(samples))
 
 
@@ -320,6 +345,8 @@ def main() -> None:
             _helper_echo(float(rest[0]))
         elif kind == "rtt":
             _helper_rtt(int(rest[0]), int(rest[1]), *map(int, rest[2:3]))
+        elif kind == "rr":
+            _helper_rr(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "send":
             _helper_send(int(rest[0]), int(rest[1]))
         elif kind == "pg":
@@ -412,7 +439,7 @@ def main() -> None:
             ))
 
             lat_ports = {"direct": delayed_port}
-            for mode, engine in (*engines.items(), ("plain", plain)):
+            for mode, engine in (*engines.items(), ("plain", plain), ("no_poll", no_poll)):
                 lat_ports[mode] = _proxy(engine, "lat", echo)
                 _toxic(engine, "lat", {"type": "latency", "attributes": {"latency": 100}})
 
@@ -424,7 +451,8 @@ def main() -> None:
             for busy in (False, True):
                 with _busy(busy):
                     # 2 warm-up round trips, not 50: each one takes 100 ms here.
-                    lat, _ = _interleaved(lat_ports, "rtt", toxic_rtts, 4, "2")
+                    # One sample per target in turn (a burst of noise hits all alike).
+                    lat = _run_helper(["rr", json.dumps(lat_ports), str(toxic_rtts), "2"])
                 label = "busy thread in this process" if busy else "this process idle"
                 rows.append((
                     f"latency 100 ms error, {toxic_rtts} RTTs, {label}: med / p99 / max",
@@ -434,6 +462,10 @@ def main() -> None:
                 rows.append((
                     "  baseline: process engine with plain timers", "",
                     *_cells(columns, process=error(lat["plain"])), "",
+                ))
+                rows.append((
+                    "  baseline: process engine without the busy-poll window", "",
+                    *_cells(columns, process=error(lat["no_poll"])), "",
                 ))
         finally:
             for engine in (engines["thread"], engines["process"], plain, no_poll):

@@ -494,6 +494,44 @@ def test_thread_engine_never_spins(echo_server: Any) -> None:
     assert _poll_state(link.POLL) == before
 
 
+class CountingTouches(Recording):
+    """Counts the packets that asked for a spin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touches = 0
+
+    def touch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.touches += 1
+        super().touch(loop)
+
+
+def test_only_connections_without_toxics_spin(
+    echo_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clean proxy spins after its packets; a proxy with a toxic in either direction
+    keeps its CPU for the toxic's timers. (Switched on here in the thread engine, which
+    never spins on its own, to watch it from the test.)"""
+    poll = CountingTouches()
+    poll.enabled = True
+    monkeypatch.setattr(link, "POLL", poll)
+    with start_thread() as engine:
+        clean = _proxy(engine, echo_server.address, "poll-clean")
+        _round_trips(clean, 20, seed=2)
+        assert poll.touches >= 40  # each request and each answer
+        for stream in ("upstream", "downstream"):
+            name = f"poll-toxic-{stream}"
+            port = _proxy(engine, echo_server.address, name)
+            httpx.post(
+                f"{engine.url}/proxies/{name}/toxics",
+                json={"type": "latency", "stream": stream, "attributes": {"latency": 1}},
+                timeout=15,
+            ).raise_for_status()
+            before = poll.touches
+            _round_trips(port, 20, seed=3)
+            assert poll.touches == before, f"a proxy with a {stream} toxic spun"
+
+
 @pytest.fixture
 def engines() -> Iterator[Callable[..., EngineHandle]]:
     started: list[EngineHandle] = []
