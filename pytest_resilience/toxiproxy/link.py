@@ -86,9 +86,8 @@ class PacketPoll(SpinBudget):
 
     WINDOW = 0.0001
     LOST_SHARE = 0.25
-    CHECK_EVERY = 0.1  # a spin that steady traffic keeps going is checked this often
+    CHECK_EVERY = 0.02  # a spin that steady traffic keeps going is checked this often
     PREEMPTED = 0.001
-    BACKOFF = 1.0
 
     def __init__(self) -> None:
         super().__init__()
