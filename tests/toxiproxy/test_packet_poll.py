@@ -131,11 +131,10 @@ def test_defaults_and_constants() -> None:
     assert poll.enabled is False  # off by default: only the engine process switches it on
     assert (poll.running, poll.deadline, poll.started, poll.cpu_start) == (False, 0.0, 0.0, 0.0)
     assert (poll.window, poll.spent, poll.paused_until) == (0.0, 0.0, 0.0)
-    # Its own backoff, and the budget of the base class.
+    # Its own allowance of lost CPU; the budget and backoff of the base class.
     assert PP.PREEMPTED != SpinBudget.PREEMPTED
-    assert PP.BACKOFF != SpinBudget.BACKOFF
-    assert PP.BUDGET == SpinBudget.BUDGET
-    assert 0 < PP.WINDOW < PP.PREEMPTED < PP.BACKOFF
+    assert (PP.BACKOFF, PP.BUDGET) == (SpinBudget.BACKOFF, SpinBudget.BUDGET)
+    assert 0 < PP.WINDOW < PP.PREEMPTED < PP.CHECK_EVERY < PP.BACKOFF
     assert 0 < PP.LOST_SHARE < 1
 
 
@@ -280,8 +279,8 @@ def test_a_long_episode_is_charged_one_window(clock: FakeClock, fake_loop: FakeL
         (PP.CHECK_EVERY * 0.9, PP.CHECK_EVERY * 0.9 * PP.LOST_SHARE * 1.2, True),
         # lost far more than PREEMPTED, but less than LOST_SHARE
         (PP.CHECK_EVERY * 0.9, PP.CHECK_EVERY * 0.9 * PP.LOST_SHARE * 0.8, False),
-        (PP.PREEMPTED * 40, PP.PREEMPTED * 40 * PP.LOST_SHARE * 1.1, True),
-        (PP.PREEMPTED * 40, PP.PREEMPTED * 40 * PP.LOST_SHARE * 0.9, False),
+        (PP.CHECK_EVERY * 0.5, PP.CHECK_EVERY * 0.5 * PP.LOST_SHARE * 1.1, True),
+        (PP.CHECK_EVERY * 0.5, PP.CHECK_EVERY * 0.5 * PP.LOST_SHARE * 0.9, False),
     ],
 )
 def test_episode_off_the_cpu_backs_off(
@@ -518,7 +517,9 @@ def test_only_connections_without_toxics_spin(
     with start_thread() as engine:
         clean = _proxy(engine, echo_server.address, "poll-clean")
         _round_trips(clean, 20, seed=2)
-        assert poll.touches >= 40  # each request and each answer
+        # Each request and each answer (the last answer's may still be on its way: the
+        # engine touches after it has written the answer the client already read).
+        assert poll.touches >= 2 * 20 - 1
         for stream in ("upstream", "downstream"):
             name = f"poll-toxic-{stream}"
             port = _proxy(engine, echo_server.address, name)
