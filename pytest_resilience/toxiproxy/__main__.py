@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     # and spin the last stretch, and it keeps turning briefly after each packet, so a
     # halted CPU's late wake-up delays neither.
     PRECISION.enabled = not args.plain_timers
-    POLL.enabled = not args.no_busy_poll
+    if not args.no_busy_poll:
+        POLL.switch_on()  # only where the kernel's CPU pressure can be read
 
     try:
         config = read_config(args.config)

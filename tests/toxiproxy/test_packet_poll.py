@@ -27,6 +27,7 @@ from pytest_resilience.toxiproxy.link import PacketPoll
 from pytest_resilience.toxiproxy.toxics import SpinBudget
 
 PP = PacketPoll
+REAL_PRESSURE = PacketPoll._pressure  # before any test replaces it
 T0 = 1000.0  # the fake clock's start (monotonic and CPU seconds)
 
 
@@ -37,6 +38,12 @@ class FakeClock:
         self.now = T0
         self.cpu = T0
         self.reads = 0
+        self.stall_us = 0  # the kernel's CPU pressure, "some" total (microseconds)
+        self.pressure_reads = 0
+
+    def pressure(self, *_: Any) -> int | None:  # set on the class: no self of its own
+        self.pressure_reads += 1
+        return self.stall_us
 
     def monotonic(self) -> float:
         self.reads += 1
@@ -59,6 +66,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     monkeypatch.setattr(link, "time", fake_time)
     # SpinBudget.lost_cpu reads the clock of its own module (to set paused_until).
     monkeypatch.setattr(toxics, "time", fake_time)
+    # ... and the CPU pressure is the test's too: no stall unless a test adds some.
+    monkeypatch.setattr(PacketPoll, "_pressure", fake.pressure)
     return fake
 
 
@@ -352,6 +361,87 @@ def test_steady_traffic_is_checked_for_lost_cpu_as_it_goes(
         assert poll.running  # three checks passed
         assert poll.paused_until == 0.0
         assert clock.now - poll.started < PP.CHECK_EVERY
+
+
+@pytest.mark.parametrize("share", [PP.STALL_MAX * 1.2, PP.STALL_MAX * 0.8])
+def test_backs_off_while_others_wait_for_a_cpu(
+    clock: FakeClock, fake_loop: FakeLoop, share: float
+) -> None:
+    """Every CHECK_EVERY of spinning the CPU pressure is read; when tasks waited for a
+    CPU more than STALL_MAX of the time, spinning stops for BACKOFF."""
+    poll = enabled()
+    assert poll.switch_on()
+    assert (poll.pressure_at, poll.pressure_total) == (T0, 0)
+    touch(poll, fake_loop)
+    step = PP.WINDOW / 2
+    reads = clock.pressure_reads
+    while poll.running and clock.now - T0 < PP.CHECK_EVERY * 3:
+        clock.advance(step)  # the process keeps its CPU: only the pressure tells
+        clock.stall_us += round(step * share * 1e6)
+        fake_loop.run_one()
+        if poll.running:
+            touch(poll, fake_loop)
+    if share > PP.STALL_MAX:
+        assert not poll.running
+        assert clock.now - T0 == pytest.approx(PP.CHECK_EVERY, abs=step)  # the first check
+        assert poll.paused_until == pytest.approx(clock.now + PP.BACKOFF)
+        clock.advance(PP.WINDOW)
+        assert not episode(poll, clock, fake_loop)
+    else:
+        assert poll.running
+        assert poll.paused_until == 0.0
+        # Once per CHECK_EVERY, not once per turn (hundreds of turns).
+        assert 2 <= clock.pressure_reads - reads <= (clock.now - T0) / PP.CHECK_EVERY
+
+
+def test_short_episodes_read_the_pressure_at_most_every_check(
+    clock: FakeClock, fake_loop: FakeLoop
+) -> None:
+    poll = enabled()
+    assert poll.switch_on()
+    reads = clock.pressure_reads
+    for _ in range(50):  # 50 short episodes, far less than CHECK_EVERY in all
+        assert episode(poll, clock, fake_loop)
+    assert clock.now - T0 < PP.CHECK_EVERY
+    assert clock.pressure_reads == reads
+    clock.now = T0 + PP.CHECK_EVERY * 1.01
+    assert episode(poll, clock, fake_loop)
+    assert clock.pressure_reads == reads + 1
+
+
+def test_no_pressure_no_spinning(
+    clock: FakeClock, fake_loop: FakeLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the kernel's CPU pressure the engine could not tell when to stop: it
+    never spins; and if the pressure goes away mid-run, it stops for good."""
+    monkeypatch.setattr(PacketPoll, "PRESSURE", "/nonexistent/pressure/cpu")
+    monkeypatch.setattr(PacketPoll, "_pressure", REAL_PRESSURE)
+    poll = PacketPoll()
+    assert poll.switch_on() is False
+    assert poll.enabled is False
+    touch(poll, fake_loop)
+    assert fake_loop.pending == 0
+
+    monkeypatch.setattr(PacketPoll, "_pressure", clock.pressure)
+    poll = enabled()
+    assert poll.switch_on()
+    touch(poll, fake_loop)
+    clock.advance(PP.CHECK_EVERY * 1.01)  # on the CPU all along
+    monkeypatch.setattr(PacketPoll, "_pressure", lambda self: None)
+    fake_loop.run_one()  # the check finds no pressure
+    assert not poll.running
+    assert poll.enabled is False
+
+
+@pytest.mark.skipif(not Path(PP.PRESSURE).exists(), reason="no /proc/pressure/cpu (PSI)")
+def test_reads_the_real_pressure() -> None:
+    poll = PacketPoll()
+    total = poll._pressure()
+    assert isinstance(total, int)
+    assert total >= 0
+    assert poll.switch_on()
+    assert poll.enabled
+    assert poll.pressure_total >= total  # it only grows
 
 
 # -- PacketPoll on a real uvloop loop ---------------------------------------------------
