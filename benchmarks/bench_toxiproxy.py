@@ -6,9 +6,9 @@ Prints one table: added round-trip latency (median / p99 over >= 5,000
 sequential small round trips to a TCP echo server, and to Postgres
 ``SELECT 1`` when ``--pg-dsn`` is given), throughput of a large transfer in
 1 MiB writes into a sink, and the error of a 100 ms latency toxic (median /
-p99 / max over 120 round trips, one per target in turn) while this process idles and while one of
-its threads is CPU-bound, for the engine in a thread of this process and in a
-child process.
+p99 / max over 120 round trips, one per target in turn) while this process idles
+and while one of its threads is CPU-bound, for the engine in a thread of this
+process and in a child process.
 
 Baselines in the same run: the direct connection for round trips and throughput;
 the process engine without its busy-poll window after packets (``busy_poll=False``,
@@ -95,44 +95,40 @@ def _helper_sink() -> None:
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _round_trip(sock: socket.socket, payload: bytes = b"x" * 16) -> float:
+    """Send ``payload`` to an echo and read it back; returns the seconds it took."""
+    start = time.perf_counter()
+    sock.sendall(payload)
+    got = 0
+    while got < len(payload):
+        got += len(sock.recv(len(payload) - got))
+    return time.perf_counter() - start
+
+
 def _helper_rtt(port: int, count: int, warmup: int = 50) -> None:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        payload = b"x" * 16
+    with _connect(port) as sock:
         for _ in range(warmup):
-            sock.sendall(payload)
-            sock.recv(16)
-        samples = []
-        for _ in range(count):
-            start = time.perf_counter()
-            sock.sendall(payload)
-            got = 0
-            while got < 16:
-                got += len(sock.recv(16 - got))
-            samples.append(time.perf_counter() - start)
+            _round_trip(sock)
+        samples = [_round_trip(sock) for _ in range(count)]
     print(json.dumps(samples))
 
 
 def _helper_rr(ports: str, count: int, warmup: int) -> None:
     """Round trips to several targets in turn, one sample each per turn, so that a
     burst of noise on the machine hits every target alike."""
-    targets: dict[str, int] = json.loads(ports)
-    socks = {}
-    for name, port in targets.items():
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        socks[name] = sock
-    payload = b"x" * 16
-    samples: dict[str, list[float]] = {name: [] for name in targets}
+    socks = {name: _connect(port) for name, port in json.loads(ports).items()}
+    samples: dict[str, list[float]] = {name: [] for name in socks}
     for turn in range(warmup + count):
         for name, sock in socks.items():
-            start = time.perf_counter()
-            sock.sendall(payload)
-            got = 0
-            while got < 16:
-                got += len(sock.recv(16 - got))
+            seconds = _round_trip(sock)
             if turn >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(seconds)
     for sock in socks.values():
         sock.close()
     print(json.dumps(samples))

@@ -58,7 +58,7 @@ class PacketPoll(SpinBudget):
     the kernel putting it to sleep and waking it (twice per round trip), and its p99
     round trip was 2-5x its median: a loop that blocks wakes when the (virtual) CPU gets
     round to it. While traffic flows, spinning costs about what those sleeps and
-    wake-ups cost on a quiet machine (the engine's CPU per round trip rose 0-15 % for an
+    wake-ups cost on a quiet machine (the engine's CPU per round trip rose 9-17 % for an
     echo server, more for Postgres, whose answers take longer); only the last stretch
     after the final packet is pure waste, and that is what the :class:`SpinBudget`
     charges (at most :attr:`BUDGET` of each second).

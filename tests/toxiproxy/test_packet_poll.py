@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from spin_fakes import T0, FakeClock
 
 from pytest_resilience.services.loop_thread import new_event_loop
 from pytest_resilience.toxiproxy import EngineHandle, link, start_process, start_thread, toxics
@@ -28,41 +29,10 @@ from pytest_resilience.toxiproxy.toxics import SpinBudget
 
 PP = PacketPoll
 REAL_PRESSURE = PacketPoll._pressure  # before any test replaces it
-T0 = 1000.0  # the fake clock's start (monotonic and CPU seconds)
-
-
-class FakeClock:
-    """``monotonic`` and ``process_time`` under the test's control."""
-
-    def __init__(self) -> None:
-        self.now = T0
-        self.cpu = T0
-        self.reads = 0
-        self.stall_us = 0  # the kernel's CPU pressure, "some" total (microseconds)
-        self.pressure_reads = 0
-
-    def pressure(self, *_: Any) -> int | None:  # set on the class: no self of its own
-        self.pressure_reads += 1
-        return self.stall_us
-
-    def monotonic(self) -> float:
-        self.reads += 1
-        return self.now
-
-    def process_time(self) -> float:
-        self.reads += 1
-        return self.cpu
-
-    def advance(self, wall: float, cpu: float | None = None) -> None:
-        """``wall`` seconds pass, of which the process ran ``cpu`` (all by default)."""
-        self.now += wall
-        self.cpu += wall if cpu is None else cpu
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    fake_time = SimpleNamespace(monotonic=fake.monotonic, process_time=fake.process_time)
+    fake_time = fake.as_time()
     monkeypatch.setattr(link, "time", fake_time)
     # SpinBudget.lost_cpu reads the clock of its own module (to set paused_until).
     monkeypatch.setattr(toxics, "time", fake_time)

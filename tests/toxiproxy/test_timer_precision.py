@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from spin_fakes import T0, FakeClock
 
 from pytest_resilience.services.loop_thread import new_event_loop
 from pytest_resilience.toxiproxy import toxics
@@ -30,34 +31,10 @@ from pytest_resilience.toxiproxy.toxics import (
 
 SB = SpinBudget
 TP = TimerPrecision
-T0 = 1000.0  # the fake clock's start (monotonic and CPU seconds)
-
-
-class FakeClock:
-    """``monotonic`` and ``process_time`` under the test's control."""
-
-    def __init__(self) -> None:
-        self.now = T0
-        self.cpu = T0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def process_time(self) -> float:
-        return self.cpu
-
-    def advance(self, wall: float, cpu: float | None = None) -> None:
-        """``wall`` seconds pass, of which the process ran ``cpu`` (all by default)."""
-        self.now += wall
-        self.cpu += wall if cpu is None else cpu
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(
-        toxics, "time", SimpleNamespace(monotonic=fake.monotonic, process_time=fake.process_time)
-    )
+    monkeypatch.setattr(toxics, "time", fake.as_time())
     return fake
 
 
@@ -359,6 +336,13 @@ def noop_stage(loop: Any) -> Stage:
     return stage
 
 
+def stage_under(monkeypatch: pytest.MonkeyPatch, loop: Any, precision: TimerPrecision) -> Stage:
+    """A no-op stage on ``loop`` whose timers follow ``precision`` (in place of the
+    module's ``PRECISION`` for this test)."""
+    monkeypatch.setattr(toxics, "PRECISION", precision)
+    return noop_stage(loop)
+
+
 @pytest.fixture
 def fake_loop() -> FakeLoop:
     return FakeLoop()
@@ -377,8 +361,7 @@ def test_arm_wakes_early_then_spins_to_the_deadline(
     clock: FakeClock, fake_loop: FakeLoop, calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     precision = enabled()
-    monkeypatch.setattr(toxics, "PRECISION", precision)
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, precision)
     callback = recorder(clock, calls)
     delay = 0.1
     spin = margin(precision.late)
@@ -423,8 +406,7 @@ def test_preempted_spin_through_stage_pauses(
     clock: FakeClock, fake_loop: FakeLoop, calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     precision = enabled()
-    monkeypatch.setattr(toxics, "PRECISION", precision)
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, precision)
     stage.arm(0.1, recorder(clock, calls))
     due = T0 + 0.1
     clock.now = fake_loop.handles[0].args[1]  # woken right on the early time
@@ -471,8 +453,7 @@ def test_wake_up_after_the_deadline_calls_back_at_once(
     clock: FakeClock, fake_loop: FakeLoop, calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     precision = enabled()
-    monkeypatch.setattr(toxics, "PRECISION", precision)
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, precision)
     stage.arm(0.1, recorder(clock, calls))
     [wake] = fake_loop.handles
     woken_due = wake.args[1]
@@ -487,8 +468,7 @@ def test_wake_up_after_the_deadline_calls_back_at_once(
 def test_cancel_during_the_spin_never_calls_back(
     clock: FakeClock, fake_loop: FakeLoop, calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(toxics, "PRECISION", enabled())
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, enabled())
     stage.arm(0.1, recorder(clock, calls))
     clock.now = fake_loop.handles[0].args[1]
     fake_loop.handles[0].run()
@@ -514,8 +494,7 @@ def test_plain_arm(
 ) -> None:
     precision = TimerPrecision()
     precision.enabled = on
-    monkeypatch.setattr(toxics, "PRECISION", precision)
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, precision)
     callback = recorder(clock, calls)
     stage.arm(delay, callback, precise=precise)
     [handle] = fake_loop.handles
@@ -537,8 +516,7 @@ def test_when_due_rearms_when_run_early(
 ) -> None:
     """A loop that runs a plain timer before its due time (uvloop's millisecond clock):
     the stage waits out the remainder, as often as it takes."""
-    monkeypatch.setattr(toxics, "PRECISION", TimerPrecision())  # disabled: plain timers
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, TimerPrecision())  # disabled: plain timers
     callback = recorder(clock, calls)
     delay = 0.03
     due = T0 + delay
@@ -573,8 +551,7 @@ def test_when_due_rearms_when_run_early(
 def test_when_due_late_calls_back_at_once(
     clock: FakeClock, fake_loop: FakeLoop, calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(toxics, "PRECISION", TimerPrecision())
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, TimerPrecision())
     stage.arm(0.02, recorder(clock, calls))
     clock.now = T0 + 0.02 + 0.004  # run 4 ms late (a halted vCPU)
     fake_loop.handles[0].run()
@@ -585,8 +562,7 @@ def test_when_due_late_calls_back_at_once(
 def test_cancel_while_rearmed_never_calls_back(
     clock: FakeClock, fake_loop: FakeLoop, calls: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(toxics, "PRECISION", TimerPrecision())
-    stage = noop_stage(fake_loop)
+    stage = stage_under(monkeypatch, fake_loop, TimerPrecision())
     stage.arm(0.02, recorder(clock, calls))
     clock.now = T0 + 0.02 - 0.0005
     fake_loop.handles[0].run()
