@@ -139,6 +139,9 @@ class _Counters:
     started: int = 0
     dropped: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: per worker: when its call in flight became due (inf: idle) - the sampler reports
+    #: the oldest one's age, so a call still hanging shows as slow before it ends
+    busy: list[float] = field(default_factory=list)
     sampled_calls: int = 0  # calls / errors at the last sample
     sampled_errors: int = 0
     stop: bool = False  # the closed model's workers stop (also set with the event)
@@ -187,6 +190,7 @@ class Driver:
             self._executor = ThreadPoolExecutor(plan.concurrency, thread_name_prefix="soak")
         self._t0 = time.monotonic()
         self.record.started = time.time()
+        self._c.busy = [math.inf] * plan.concurrency
         own = self.sampler.own_tasks
         this = asyncio.current_task()
         if this is not None:
@@ -210,12 +214,13 @@ class Driver:
             if plan.rate is not None:
                 queue: asyncio.Queue[float | None] = asyncio.Queue()
                 self._queue = queue
-                workers = [loop.create_task(self._open_worker(queue), name=f"soak-worker-{i}")
+                workers = [loop.create_task(self._open_worker(queue, i),
+                                            name=f"soak-worker-{i}")
                            for i in range(plan.concurrency)]
                 own.update(workers)
                 ended = await helper(self._dispatch(queue), "soak-dispatch")
             else:
-                workers = [loop.create_task(self._closed_worker(), name=f"soak-worker-{i}")
+                workers = [loop.create_task(self._closed_worker(i), name=f"soak-worker-{i}")
                            for i in range(plan.concurrency)]
                 own.update(workers)
                 ended = await self._closed_end()
@@ -304,24 +309,27 @@ class Driver:
             queue.put_nowait(None)
         return ended
 
-    async def _open_worker(self, queue: asyncio.Queue[float | None]) -> None:
+    async def _open_worker(self, queue: asyncio.Queue[float | None], slot: int) -> None:
         if not self.is_async:
             while (due := await queue.get()) is not None:
-                await self._call_sync(due)
+                await self._call_sync(due, slot)
             return
         clock = time.monotonic
         target = self.target
         c = self._c
+        busy = c.busy
         while (due := await queue.get()) is not None:
             c.started += 1
+            busy[slot] = due
             try:
                 await target()
             except Exception as exc:
                 self._failed(exc)
+            busy[slot] = math.inf
             c.calls += 1
             c.latencies.append(clock() - due)
 
-    async def _closed_worker(self) -> None:
+    async def _closed_worker(self, slot: int) -> None:
         clock = time.monotonic
         c = self._c
         stop = self._stop
@@ -332,26 +340,30 @@ class Driver:
                 if c.started >= limit:
                     stop.set()
                     return
-                await self._call_sync(clock())
+                await self._call_sync(clock(), slot)
             return
         target = self.target
         # the hot loop: local names, a plain flag and a countdown (no Event call per call)
         latencies = c.latencies
+        busy = c.busy
         while not c.stop:
             if c.started >= limit:
                 c.stop = True
                 stop.set()
                 return
             c.started += 1
-            began = clock()
+            began = busy[slot] = clock()
             try:
                 await target()
             except Exception as exc:
                 self._failed(exc)
+            busy[slot] = math.inf
             c.calls += 1
             if latencies is not c.latencies:  # the sampler took the list
                 latencies = c.latencies
             latencies.append(clock() - began)
+            if not c.started & 63:  # a target that never suspends must not starve the
+                await asyncio.sleep(0)  # sampler, the faults and the duration bound
 
     def _failed(self, exc: Exception) -> None:
         c = self._c
@@ -359,14 +371,16 @@ class Driver:
         name = type(exc).__name__
         c.error_types[name] = c.error_types.get(name, 0) + 1
 
-    async def _call_sync(self, due: float) -> None:
+    async def _call_sync(self, due: float, slot: int) -> None:
         loop = asyncio.get_running_loop()
         c = self._c
         c.started += 1
+        c.busy[slot] = due
         try:
             await loop.run_in_executor(self._executor, self.target)
         except Exception as exc:
             self._failed(exc)
+        c.busy[slot] = math.inf
         c.calls += 1
         c.latencies.append(time.monotonic() - due)
 
@@ -408,6 +422,13 @@ class Driver:
                            "p99_s": interval.percentile(99), "max_s": interval.max})
         else:
             sample.update({"p50_s": None, "p95_s": None, "p99_s": None, "max_s": None})
+        # a call still running is already at least this slow: without it a call that
+        # hangs through a fault would show only in the sample after it ends (or never)
+        oldest = min(c.busy, default=math.inf)
+        if oldest < math.inf:
+            age = round(self._t0 + now - oldest, 6)
+            if sample["max_s"] is None or age > sample["max_s"]:
+                sample["max_s"] = age
         sample.update(await self.sampler.sample())
         if self.faults is not None:
             sample["stage"] = self.faults.current()

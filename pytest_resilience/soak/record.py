@@ -57,7 +57,8 @@ SERIES: dict[str, tuple[str, str]] = {
     "p50_s": ("s", "median latency of the last interval's calls"),
     "p95_s": ("s", "95th percentile latency of the last interval's calls"),
     "p99_s": ("s", "99th percentile latency of the last interval's calls"),
-    "max_s": ("s", "slowest call of the last interval"),
+    "max_s": ("s", "slowest call of the last interval, or the age of a call still running "
+                   "at the sample if that is longer"),
     "attempts": ("", "requests that reached the watched backends so far (cumulative)"),
     "rss_bytes": ("B", "resident set size of the test process"),
     "fds": ("", "open file descriptors of the test process"),

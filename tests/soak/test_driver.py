@@ -85,6 +85,22 @@ def test_iterations_bound_is_exact(rate: float | None) -> None:
     assert record.ended == "iterations"
 
 
+def test_a_target_that_never_suspends_still_ends_on_time() -> None:
+    calls = 0
+
+    async def busy() -> None:  # returns without ever giving the loop a turn
+        nonlocal calls
+        calls += 1
+
+    plan = LoadPlan(duration=0.5, concurrency=2, interval=0.1)
+    began = time.monotonic()
+    record = run_sync(Driver(busy, plan))
+    assert time.monotonic() - began < 10
+    assert record.ended == "duration"
+    assert record.totals["calls"] == calls > 0
+    assert len(_values(record, "calls")) >= 3  # the sampler ran during the run
+
+
 def test_duration_bound_ends_the_run_in_time() -> None:
     async def target() -> None:
         await asyncio.sleep(0.005)
@@ -301,6 +317,52 @@ def test_parse_soak_errors(text: str, message: str | None) -> None:
     with pytest.raises(ConfigError) as info:
         parse_soak(text)
     assert message in str(info.value)
+
+
+# -- a call that hangs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [None, 20.0], ids=["closed", "open"])
+@pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
+def test_a_hanging_call_shows_in_max_s_while_it_hangs(rate: float | None,
+                                                      is_async: bool) -> None:
+    """The first call hangs until the fourth sample: no call completes meanwhile, and the
+    samples must still show the slowest call growing (its age), not nothing."""
+    hung: list[dict[str, Any]] = []
+    release_async = asyncio.Event()
+    release_sync = threading.Event()
+    first = [True]
+
+    def on_sample(sample: dict[str, Any]) -> None:
+        if not release_sync.is_set():
+            hung.append(sample)
+        if len(hung) >= 4:
+            release_async.set()
+            release_sync.set()
+
+    async def async_target() -> None:
+        if first[0]:
+            first[0] = False
+            await asyncio.wait_for(release_async.wait(), timeout=20)
+
+    def sync_target() -> None:
+        if first[0]:
+            first[0] = False
+            assert release_sync.wait(timeout=20)
+
+    plan = LoadPlan(duration=1.0, rate=rate, concurrency=1, interval=0.1, drain=5.0)
+    record = run_sync(Driver(async_target if is_async else sync_target, plan,
+                             on_sample=on_sample))
+    assert len(hung) == 4
+    ages = [s["max_s"] for s in hung]
+    assert all(age is not None for age in ages), hung
+    assert ages == sorted(ages), ages
+    assert ages[-1] > ages[0], ages
+    for sample in hung:  # the hung call began at the start of the run
+        assert 0.5 * sample["t"] <= sample["max_s"] <= sample["t"] + 1e-6, hung
+        assert sample["p95_s"] is None  # percentiles stay those of calls that ended
+    # once released, the hung call is counted with its whole latency
+    assert record.histogram.max >= ages[-1]
 
 
 # -- cancellation -----------------------------------------------------------------------------
