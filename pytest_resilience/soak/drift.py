@@ -664,10 +664,29 @@ def expect_sustained(
 # -- 4. latency per stage --------------------------------------------------------------------
 
 
-def _during(t: float, interval: float, stage: Stage) -> bool:
-    """The sample at *t* covers ``(t - interval, t]``: does that overlap the stage?"""
+def _during(since: float, t: float, stage: Stage) -> bool:
+    """The sample at *t* covers ``(since, t]`` (from the sample before it): does that
+    overlap the stage? A sample without a span (``since >= t``) is an instant."""
     end = math.inf if stage.end is None else stage.end
-    return t > stage.start and t - interval < end if interval > 0 else stage.start <= t <= end
+    return t > stage.start and since < end if since < t else stage.start <= t <= end
+
+
+def _spans(record: SoakRecord, series: str, warmup: float) -> list[tuple[float, float,
+                                                                             float | None]]:
+    """(since, t, value) of each sample at or after *warmup*: a sample covers the time
+    since the sample before it (the first, ``record.interval`` before it), so a sampler
+    that ran late does not leave a fault window without its last sample."""
+    out: list[tuple[float, float, float | None]] = []
+    previous: float | None = None
+    for t, v in zip(record.series.get("t") or [], record.column(series), strict=False):
+        if t is None:
+            continue
+        t = float(t)
+        since = previous if previous is not None else max(0.0, t - record.interval)
+        previous = t
+        if t >= warmup:
+            out.append((since, t, _number(v)))
+    return out
 
 
 def expect_stage_latency(
@@ -712,10 +731,8 @@ def expect_stage_latency(
     claim = f"{words}: {text}"
     expected = {"at_most_during": at_most_during, "at_most_outside": at_most_outside,
                 "recover_within": recover_within}
-    ts_all = record.series.get("t") or []
-    points = [(float(t), _number(v)) for t, v in zip(ts_all, record.column(series),
-                                                     strict=False)
-              if t is not None and t >= w]
+    spans = _spans(record, series, w)
+    points = [(t, v) for _, t, v in spans]
     if not any(v is not None for _, v in points):
         return _not_measured("stage-latency", claim, _why_unmeasured(record, series, w, 0, 1),
                              raise_, expected=expected, data={"series": series})
@@ -724,9 +741,8 @@ def expect_stage_latency(
         return _not_measured("stage-latency", claim, "the record has no stages (no fault "
                              "window was marked during the run)", raise_, expected=expected,
                              data={"series": series})
-    interval = record.interval
-    outside = [v for t, v in points
-               if v is not None and not any(_during(t, interval, s) for s in stages)]
+    outside = [v for since, t, v in spans
+               if v is not None and not any(_during(since, t, s) for s in stages)]
     outside_median = statistics.median(outside) if outside else None
     baseline: float | None
     if at_most_outside is not None:
@@ -746,7 +762,7 @@ def expect_stage_latency(
     blame: list[int] = []
     observed_stages: list[dict[str, Any]] = []
     for index, stage in enumerate(stages):
-        during = [v for t, v in points if v is not None and _during(t, interval, stage)]
+        during = [v for since, t, v in spans if v is not None and _during(since, t, stage)]
         worst = max(during) if during else None
         med = statistics.median(during) if during else None
         bad: list[str] = []
@@ -762,7 +778,7 @@ def expect_stage_latency(
                                 f"{_value(series, at_most_during)})")
                 bad.append("too slow")
         if recover_within is not None or baseline is not None:
-            recovery, recovery_txt = _recovery(points, stage, stages, interval, baseline)
+            recovery, recovery_txt = _recovery(spans, stage, stages, baseline)
         if recover_within is not None:
             if baseline is None:
                 if not any("baseline" in u for u in unmeasured):
@@ -832,8 +848,8 @@ def expect_stage_latency(
 
 
 def _recovery(
-    points: list[tuple[float, float | None]], stage: Stage, stages: list[Stage],
-    interval: float, baseline: float | None,
+    spans: list[tuple[float, float, float | None]], stage: Stage, stages: list[Stage],
+    baseline: float | None,
 ) -> tuple[float | None, str]:
     """Seconds from the stage end to the first of RECOVERY_SAMPLES samples at or below the
     baseline (searched until the next stage starts), and its text."""
@@ -844,8 +860,8 @@ def _recovery(
     end = stage.end
     later = [s.start for s in stages if s.start > end]
     stop = min(later) if later else math.inf
-    after = [(t, v) for t, v in points if t > end and t < stop
-             and not any(_during(t, interval, s) for s in stages)]
+    after = [(t, v) for since, t, v in spans if t > end and t < stop
+             and not any(_during(since, t, s) for s in stages)]
     for i in range(len(after) - RECOVERY_SAMPLES + 1):
         run = after[i:i + RECOVERY_SAMPLES]
         if all(v is not None and v <= baseline for _, v in run):

@@ -350,6 +350,23 @@ def test_stage_latency_without_recovery_and_without_stages() -> None:
         expect_stage_latency(bare)
 
 
+def test_a_late_sample_still_counts_for_the_stage_it_covers() -> None:
+    """Samples at 2.4, 2.5 and a late 2.603 (not 2.6); the stage ends at 2.502. The last
+    sample covers (2.5, 2.603], which overlaps the stage, and it holds the slow calls."""
+    record = SoakRecord(name="late", started=0.0, interval=0.1, warmup=0.0)
+    ts = [round(0.1 * i, 6) for i in range(1, 26)] + [2.603, 2.7, 2.8, 2.9, 3.0]
+    for t in ts:
+        record.add_sample({"t": t, "max_s": 1.4 if t == 2.603 else 0.01})
+    record.stages = [Stage(1.021, 2.502, "latency on postgres")]
+    verdict = expect_stage_latency(record, series="max_s", at_most_during=0.8,
+                                   raise_=False)
+    assert not verdict.passed
+    assert "max_s reached 1.400 s (limit 800 ms)" in verdict.outcome, verdict.outcome
+    # the sample before it, at 2.5, ends before the stage does: it counts too - and a
+    # sample wholly after the stage does not
+    assert verdict.observed["stages"][0]["samples"] == 16
+
+
 # -- expect_amplification -----------------------------------------------------------------
 
 
