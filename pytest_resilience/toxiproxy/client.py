@@ -821,6 +821,9 @@ class AsyncProxy(_ProxyData):
 
     toxics: list[AsyncToxic] = field(default_factory=list)
     client: AsyncClient = field(repr=False, kw_only=True)
+    #: :meth:`events` starts after this engine sequence number (as :attr:`Proxy.events_since`;
+    #: set it to ``await client.last_event_seq()`` to hide an earlier proxy of the name).
+    events_since: int = field(default=0, repr=False, kw_only=True)
 
     def _copy(self, other: AsyncProxy) -> None:
         self.listen, self.upstream, self.enabled = other.listen, other.upstream, other.enabled
@@ -864,7 +867,10 @@ class AsyncProxy(_ProxyData):
         await self.enable()
 
     async def events(self, since: int = 0) -> list[Event]:
-        return await self.client.events(proxy=self.name, since=since)
+        """This proxy's entries of the built-in engine's event log after ``since``, never
+        from before :attr:`events_since` (see :meth:`Proxy.events`)."""
+        since = _check_int("since", since, what="events")
+        return await self.client.events(proxy=self.name, since=max(since, self.events_since))
 
     # -- faults
     def down(self) -> _AsyncFault[AsyncDown]:

@@ -176,3 +176,21 @@ async def test_events(client: AsyncClient, echo_port: int) -> None:
     kinds = [e.kind for e in await proxy.events()]
     assert "accepted" in kinds
     assert isinstance(await client.connections(), list)
+
+
+@pytest.mark.asyncio
+async def test_events_since_hides_an_earlier_proxy_of_the_same_name(
+        client: AsyncClient, echo_port: int) -> None:
+    old = await client.create_proxy("svc", f"127.0.0.1:{echo_port}")
+    await round_trip(old.port)
+    await old.delete()
+    new = await client.create_proxy("svc", f"127.0.0.1:{echo_port}")
+    assert len([e for e in await new.events() if e.kind == "accepted"]) == 1  # the old one
+    new.events_since = await client.last_event_seq()
+    assert [e for e in await new.events() if e.kind == "accepted"] == []
+    await round_trip(new.port)
+    mine = [e for e in await new.events() if e.kind == "accepted"]
+    assert len(mine) == 1
+    assert all(e.seq > new.events_since for e in await new.events(since=0))
+    with pytest.raises(ConfigError, match="since"):
+        await new.events(since="x")  # type: ignore[arg-type]
