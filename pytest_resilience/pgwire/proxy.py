@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import select
 import socket
 import struct
 import threading
@@ -703,6 +704,20 @@ class _Conn:
         return True
 
 
+def _has_input(transport: asyncio.Transport) -> bool:
+    """Bytes (or an EOF) wait on a transport that reads: the loop will handle them."""
+    if transport.is_closing() or not transport.is_reading():
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
 class _ClientSide(asyncio.Protocol):
     def __init__(self, proxy: PgFaultProxy) -> None:
         self.proxy = proxy
@@ -923,6 +938,30 @@ class PgFaultProxy:
             return len(conns)
 
         return self._thread.run(run())
+
+    def settle(self, timeout: float = 1.0) -> int:
+        """Wait, at most *timeout* seconds, until the stage has handled what its clients
+        already sent: when this returns, a client that closed its connection has had its
+        server session closed too (Terminate sent, socket closed). Connections a client
+        still holds open are left alone. The ``pg_fault`` fixture calls it after each
+        test, so the ``postgres_db`` teardown and the leak check do not find a closed
+        client's server session still open while the stage's thread waits for the CPU.
+        Returns how many connections still had input waiting at the deadline."""
+
+        async def run() -> int:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                for _ in range(3):  # events already there are handled within these turns
+                    await asyncio.sleep(0)
+                waiting = [c for c in self._conns.values() if _has_input(c.client)]
+                if not waiting or loop.time() >= deadline:
+                    for _ in range(2):  # closed transports close their sockets
+                        await asyncio.sleep(0)
+                    return len(waiting)
+                await asyncio.sleep(0.002)
+
+        return self._thread.run(run(), timeout=timeout + 5.0)
 
     def clear(self) -> None:
         """Disarm every rule."""

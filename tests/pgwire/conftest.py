@@ -27,6 +27,7 @@ def stage(pg_stage: PgFaultProxy, postgres_db: PostgresDatabase) -> Iterator[PgF
     try:
         yield pg_stage
     finally:
+        pg_stage.settle()
         pg_stage.reset()
         stuck = wait_backends(postgres_db, "state LIKE 'idle in transaction%%'")
         assert stuck == [], f"backends left idle in transaction: {stuck}"
