@@ -732,8 +732,7 @@ def expect_stage_latency(
     expected = {"at_most_during": at_most_during, "at_most_outside": at_most_outside,
                 "recover_within": recover_within}
     spans = _spans(record, series, w)
-    points = [(t, v) for _, t, v in spans]
-    if not any(v is not None for _, v in points):
+    if not any(v is not None for _, _, v in spans):
         return _not_measured("stage-latency", claim, _why_unmeasured(record, series, w, 0, 1),
                              raise_, expected=expected, data={"series": series})
     stages = sorted(record.stages, key=lambda s: s.start)
